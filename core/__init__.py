@@ -1,0 +1,1 @@
+"""MRC Studio core: reward schema, MRC model and pipeline, judges, SQLite store."""
