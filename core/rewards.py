@@ -184,7 +184,9 @@ class Rewards:
 
     def to_rewardedit(self) -> list[dict[str, Any]]:
         """The paper's per-triplet list: ``[{"Score": s, "Negative Prompt": t}] * 3``."""
-        return [{"Score": _plain(lab.score), "Negative Prompt": lab.text} for _, lab in self.items()]
+        return [
+            {"Score": _plain(lab.score), "Negative Prompt": lab.text} for _, lab in self.items()
+        ]
 
 
 def _plain(score: float) -> int | float:
@@ -239,7 +241,9 @@ def load_rewardedit(
         doc = source
     else:
         text = source
-        if isinstance(source, Path) or (isinstance(source, str) and not source.lstrip().startswith("{")):
+        if isinstance(source, Path) or (
+            isinstance(source, str) and not source.lstrip().startswith(("{", "["))
+        ):
             path = Path(source)
             try:
                 text = path.read_text(encoding="utf-8")
