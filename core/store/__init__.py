@@ -1,0 +1,96 @@
+"""The MRC Studio store: one SQLite database (via sqlite-utils) plus a folder of images.
+
+Everything people and judges produce lives here: triplets, reward annotations with their
+provenance, the reviewed label of each triplet and the full history of its changes,
+benchmark runs with their output images and judge verdicts, blind human ratings, and users.
+The schema is owned by :mod:`core.store.schema` (migrations in code); docs/store.md has the
+table-by-table description.
+
+Layout on disk::
+
+    studio.db                         the database (WAL mode: also studio.db-wal, -shm)
+    studio_images/ab/abcdef....png    images, named by core.images.image_hash (pixels)
+
+Guarantees
+    * WAL mode, ``synchronous=NORMAL``, a busy timeout, and a new connection per call (safe
+      from Gradio's worker threads and from several processes).
+    * Writes are transactions (``BEGIN IMMEDIATE``): all or nothing. Bad input -- a corrupt
+      image, a score outside [0, 5], an unknown perspective -- raises before anything is
+      written, so the store is left exactly as it was (at most an unreferenced image file).
+    * Label edits use optimistic concurrency (``expected_version``): a stale writer gets
+      :class:`ConflictError`, never a lost update; every change is in ``label_history``.
+    * Content addressing makes adds idempotent: triplet ids hash (original, edited,
+      instruction); annotations have an idempotency key (triplet, judge, prompt version, task).
+
+API (all on :class:`Store`)
+    Opening      ``Store(path, busy_timeout=30.0)``, ``.db()``, ``.transaction()``,
+                 ``.migrations``, ``.count(table)``
+    Images       ``.put_image(src, mask=False) -> hash``, ``.image(hash)``, ``.image_path(hash)``
+    Triplets     ``.add_triplet(original, edited, instruction, *, category, target, mask, split,
+                 source, external_id, meta) -> id``, ``.add_triplets(items) -> ids``,
+                 ``.get_triplet(id)``, ``.list_triplets(**filters)``, ``.count_triplets(...)``
+    Annotations  ``.add_annotation(triplet_id, *, kind, rewards, judge_model, prompt_version,
+                 task, status, failure_reason, raw, user, key, meta) -> id``,
+                 ``.add_annotations(items)``, ``.find_annotation(key)``, ``.get_annotation(id)``,
+                 ``.annotations(...)``; :func:`annotation_key`
+    Labels       ``.set_label_from_annotation(id, *, user, replace_pending)``,
+                 ``.set_labels_from_annotations(ids, ...)``, ``.get_label(tid)``,
+                 ``.update_label(tid, rewards, *, user, expected_version, status, note)``,
+                 ``.history(tid)``, ``.acquire_lock(tid, user)``, ``.release_lock(tid, user)``,
+                 ``.next_for_review(user)``, ``.review_counts()``, ``.export_labels()``,
+                 ``.export_rewardedit()``
+    Benchmark    ``.create_run(name, model, *, settings, seed)``, ``.get_run``, ``.list_runs``,
+                 ``.add_output(run_id, item_id, image, *, seed)``, ``.outputs(run_id)``,
+                 ``.add_verdict(output_id, *, judge_model, prompt_version, verdict)``,
+                 ``.verdicts(...)``
+    Ratings      ``.assign_ratings(rater, items, *, seed)``, ``.next_assignment(rater)``,
+                 ``.add_rating(assignment_id, *, rater, scores_a, scores_b, preference,
+                 seconds)``, ``.skip_assignment``, ``.ratings(...)``
+    Users        ``.add_user(name, role, password)``, ``.get_user``, ``.list_users``,
+                 ``.set_password``, ``.set_role``, ``.set_active``, ``.verify_password``
+
+Errors: :class:`StoreInputError` (a ValueError), :class:`NotFoundError` (a LookupError),
+:class:`ConflictError` and its subclass :class:`LockedError`; image problems raise
+:class:`core.images.ImageError` and reward problems :class:`core.rewards.RewardValidationError`
+(both ValueErrors).
+"""
+
+from __future__ import annotations
+
+from .annotations import annotation_key
+from .bench import BenchMixin
+from .errors import ConflictError, LockedError, NotFoundError, StoreError, StoreInputError
+from .labels import DEFAULT_LOCK_SECONDS, ExportedLabel, LabelRecord, LabelsMixin
+from .ratings import RatingsMixin
+from .schema import KINDS, MIGRATIONS, REVIEW_STATUSES, ROLES, TABLES
+from .triplets import TripletsMixin, triplet_id
+from .users import UsersMixin, check_password, hash_password
+
+
+class Store(TripletsMixin, LabelsMixin, BenchMixin, RatingsMixin, UsersMixin):
+    """The store; see the module docstring for the API and guarantees."""
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+
+__all__ = [
+    "DEFAULT_LOCK_SECONDS",
+    "KINDS",
+    "MIGRATIONS",
+    "REVIEW_STATUSES",
+    "ROLES",
+    "TABLES",
+    "ConflictError",
+    "ExportedLabel",
+    "LabelRecord",
+    "LockedError",
+    "NotFoundError",
+    "Store",
+    "StoreError",
+    "StoreInputError",
+    "annotation_key",
+    "check_password",
+    "hash_password",
+    "triplet_id",
+]

@@ -1,0 +1,474 @@
+"""The current label of each triplet, its review state, its history and edit locks.
+
+``labels`` holds one row per labelled triplet: the three scores/texts a human reviews, a
+``version`` (1 when created, +1 on every change), the review ``status`` and the ``origin`` of
+the current values (``judge``/``oracle`` until a human changes a value, then ``human``).
+
+Review statuses: ``pending`` (machine label, not yet reviewed), ``accepted`` (a reviewer
+confirmed it unchanged), ``fixed`` (a reviewer corrected it), ``rejected`` (the triplet is
+unusable and is left out of exports), ``skipped`` (a reviewer passed; still unreviewed).
+
+Optimistic concurrency: :meth:`LabelsMixin.update_label` takes the ``expected_version`` the
+editor loaded and runs ``UPDATE labels ... WHERE triplet_id = ? AND version = ?`` in a
+``BEGIN IMMEDIATE`` transaction; if no row matched, the edit was based on a stale version and
+:class:`ConflictError` says who changed it, when, and what the version is now. The history
+row (before/after JSON snapshots) is written in the same transaction, so history and labels
+can never disagree, and ``label_history`` is append-only (triggers refuse UPDATE/DELETE).
+
+Locks: ``acquire_lock`` marks a label as held by one annotator until ``locked_until``; while
+the lock is live, other users' edits raise :class:`LockedError`. Expired locks are ignored,
+so a closed browser tab never blocks an item for good. Locks are not label changes: they do
+not bump the version and are not recorded in history.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from core.rewards import Rewards, dump_rewardedit
+
+from .annotations import AnnotationsMixin
+from .base import (
+    as_rewards,
+    fetch_one,
+    now,
+    require_choice,
+    require_text,
+    rewards_columns,
+    rewards_from_row,
+)
+from .errors import ConflictError, LockedError, NotFoundError, StoreInputError
+from .schema import REVIEW_STATUSES
+
+DEFAULT_LOCK_SECONDS = 600  # an annotator holds an item for 10 minutes unless they save
+REVIEWED = ("accepted", "fixed")
+
+
+@dataclass(frozen=True)
+class LabelRecord:
+    """A triplet's current label (one row of ``labels``)."""
+
+    triplet_id: str
+    version: int
+    status: str
+    origin: str  # judge | oracle | human: who produced the current values
+    rewards: Rewards
+    annotation_id: int | None  # the annotation the label was created from
+    note: str | None
+    updated_by: str
+    updated_at: str
+    locked_by: str | None
+    locked_until: str | None
+
+    def locked_against(self, user: str, at: str | None = None) -> bool:
+        """True when another user holds a live lock on this label."""
+        return (
+            self.locked_by is not None
+            and self.locked_by != user
+            and self.locked_until is not None
+            and self.locked_until > (at or now())
+        )
+
+
+@dataclass(frozen=True)
+class ExportedLabel:
+    """A label for training, with where it came from."""
+
+    triplet_id: str
+    rewards: Rewards
+    origin: str  # human when a reviewer changed the values
+    status: str
+    version: int
+    reviewed_by: str | None  # the reviewer for accepted/fixed labels, else None
+    annotation_id: int | None
+    judge_model: str | None
+    prompt_version: str | None
+    updated_at: str
+
+
+def _record(row: dict[str, Any]) -> LabelRecord:
+    return LabelRecord(
+        triplet_id=row["triplet_id"],
+        version=row["version"],
+        status=row["status"],
+        origin=row["origin"],
+        rewards=rewards_from_row(row),
+        annotation_id=row["annotation_id"],
+        note=row["note"],
+        updated_by=row["updated_by"],
+        updated_at=row["updated_at"],
+        locked_by=row["locked_by"],
+        locked_until=row["locked_until"],
+    )
+
+
+def _snapshot(status: str, origin: str, rewards: Rewards, annotation_id: Any, note: Any) -> str:
+    return json.dumps(
+        {
+            "status": status,
+            "origin": origin,
+            "rewards": rewards.to_dict(),
+            "annotation_id": annotation_id,
+            "note": note,
+        },
+        sort_keys=True,
+    )
+
+
+def _later(seconds: float) -> str:
+    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat(
+        timespec="microseconds"
+    )
+
+
+def _conflict(triplet_id: str, row: dict[str, Any], expected: int) -> ConflictError:
+    return ConflictError(
+        f"The label of triplet {triplet_id} was changed by {row['updated_by']} at "
+        f"{row['updated_at']}: it is now version {row['version']}, but your edit was based on "
+        f"version {expected}. Reload the label and apply your change again."
+    )
+
+
+def _locked(triplet_id: str, row: dict[str, Any]) -> LockedError:
+    return LockedError(
+        f"Triplet {triplet_id} is locked by {row['locked_by']} until {row['locked_until']}; "
+        "your change was not saved."
+    )
+
+
+class LabelsMixin(AnnotationsMixin):
+    # -- reading -----------------------------------------------------------------------------
+    def get_label(self, triplet_id: str) -> LabelRecord | None:
+        """The current label, or None if the triplet has none yet."""
+        with self.db() as db:
+            row = fetch_one(db, "SELECT * FROM labels WHERE triplet_id = ?", [triplet_id])
+        return _record(row) if row else None
+
+    def history(self, triplet_id: str) -> list[dict[str, Any]]:
+        """Every change of a triplet's label, oldest first; ``before``/``after`` are dicts."""
+        with self.db() as db:
+            rows = list(
+                db.query(
+                    "SELECT * FROM label_history WHERE triplet_id = ? ORDER BY version",
+                    [triplet_id],
+                )
+            )
+        for r in rows:
+            r["before"] = json.loads(r["before"]) if r["before"] is not None else None
+            r["after"] = json.loads(r["after"])
+        return rows
+
+    def review_counts(self, *, split: str | None = None) -> dict[str, int]:
+        """Number of triplets per review status, plus ``unlabeled``."""
+        counts = dict.fromkeys((*REVIEW_STATUSES, "unlabeled"), 0)
+        sql = "SELECT ifnull(l.status, 'unlabeled'), count(*) FROM triplets t "
+        sql += "LEFT JOIN labels l ON l.triplet_id = t.id"
+        params: list[Any] = []
+        if split is not None:
+            sql, params = sql + " WHERE t.split = ?", [split]
+        with self.db() as db:
+            for status, n in db.execute(sql + " GROUP BY 1", params).fetchall():
+                counts[status] = n
+        return counts
+
+    # -- writing -----------------------------------------------------------------------------
+    def _history(self, db, triplet_id, version, user, at, action, before, after, note) -> None:
+        db.execute(
+            "INSERT INTO label_history "
+            "(triplet_id, version, user, at, action, before, after, note) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [triplet_id, version, user, at, action, before, after, note],
+        )
+
+    def _insert_label(
+        self, db, triplet_id, rewards, *, status, origin, annotation_id, note, user, at
+    ):
+        cols = {
+            "triplet_id": triplet_id,
+            "version": 1,
+            "status": status,
+            "origin": origin,
+            "annotation_id": annotation_id,
+            **rewards_columns(rewards),
+            "note": note,
+            "updated_by": user,
+            "updated_at": at,
+        }
+        cur = db.conn.execute(
+            f"INSERT INTO labels ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+            "ON CONFLICT(triplet_id) DO NOTHING",
+            list(cols.values()),
+        )
+        if cur.rowcount == 1:
+            after = _snapshot(status, origin, rewards, annotation_id, note)
+            self._history(db, triplet_id, 1, user, at, "create", None, after, note)
+        return cur.rowcount == 1
+
+    def update_label(
+        self,
+        triplet_id: str,
+        rewards: Any = None,
+        *,
+        user: str,
+        expected_version: int,
+        status: str | None = None,
+        note: str | None = None,
+        release_lock: bool = True,
+    ) -> LabelRecord:
+        """Change a label if it is still at ``expected_version``; return the new label.
+
+        ``rewards`` None keeps the values (a pure review, e.g. ``status="accepted"``). When
+        ``status`` is None it becomes ``fixed`` if the values changed, else ``accepted``.
+        ``expected_version=0`` creates the first label of an unlabelled triplet (``origin``
+        human, status ``fixed`` by default). Raises ConflictError when the label moved on,
+        LockedError when another user holds it, NotFoundError for an unknown triplet.
+        """
+        require_text(user, "user")
+        if (
+            isinstance(expected_version, bool)
+            or not isinstance(expected_version, int)
+            or expected_version < 0
+        ):
+            raise StoreInputError(
+                f"expected_version must be an integer >= 0, got {expected_version!r}."
+            )
+        if status is not None:
+            require_choice(status, REVIEW_STATUSES, "status")
+        if note is not None and not isinstance(note, str):
+            raise StoreInputError(f"note must be a string, got {type(note).__name__}.")
+        new_rewards = as_rewards(rewards) if rewards is not None else None
+        at = now()
+        with self.transaction() as db:
+            if not db.execute("SELECT 1 FROM triplets WHERE id = ?", [triplet_id]).fetchone():
+                raise NotFoundError(f"no triplet with id {triplet_id!r} exists.")
+            row = fetch_one(db, "SELECT * FROM labels WHERE triplet_id = ?", [triplet_id])
+            if expected_version == 0:
+                if row is not None:
+                    raise _conflict(triplet_id, row, 0)
+                if new_rewards is None:
+                    raise StoreInputError("a new label needs rewards (three scores).")
+                self._insert_label(
+                    db, triplet_id, new_rewards, status=status or "fixed", origin="human",
+                    annotation_id=None, note=note, user=user, at=at,
+                )  # fmt: skip
+                row = fetch_one(db, "SELECT * FROM labels WHERE triplet_id = ?", [triplet_id])
+                return _record(row)
+            if row is None:
+                raise NotFoundError(
+                    f"triplet {triplet_id} has no label yet; pass expected_version=0 to create one."
+                )
+            old = _record(row)
+            changed = new_rewards is not None and new_rewards != old.rewards
+            values = new_rewards if changed else old.rewards
+            new_status = status or ("fixed" if changed else "accepted")
+            origin = "human" if changed else old.origin
+            new_note = note if note is not None else old.note
+            lock = ", locked_by = NULL, locked_until = NULL" if release_lock else ""
+            cols = {
+                "status": new_status,
+                "origin": origin,
+                **rewards_columns(values),
+                "note": new_note,
+            }
+            cur = db.conn.execute(
+                f"UPDATE labels SET {', '.join(f'{c} = ?' for c in cols)}, version = version + 1, "
+                f"updated_by = ?, updated_at = ?{lock} WHERE triplet_id = ? AND version = ? "
+                "AND (locked_by IS NULL OR locked_by = ? OR locked_until <= ?)",
+                [*cols.values(), user, at, triplet_id, expected_version, user, at],
+            )
+            if cur.rowcount != 1:
+                if old.version != expected_version:
+                    raise _conflict(triplet_id, row, expected_version)
+                raise _locked(triplet_id, row)
+            before = _snapshot(old.status, old.origin, old.rewards, old.annotation_id, old.note)
+            after = _snapshot(new_status, origin, values, old.annotation_id, new_note)
+            action = "edit" if changed else "review"
+            self._history(
+                db, triplet_id, expected_version + 1, user, at, action, before, after, note
+            )
+            return _record(fetch_one(db, "SELECT * FROM labels WHERE triplet_id = ?", [triplet_id]))
+
+    def set_label_from_annotation(
+        self, annotation_id: int, *, user: str = "system", replace_pending: bool = False
+    ) -> LabelRecord:
+        """Make an ok annotation the triplet's label if it has none (status ``pending``, or
+        ``fixed`` for human annotations). With ``replace_pending``, an existing label that no
+        human has touched (``pending`` with a machine origin) is replaced too; reviewed or
+        human-edited labels are never overwritten. Returns the (possibly unchanged) label."""
+        self.set_labels_from_annotations(
+            [annotation_id], user=user, replace_pending=replace_pending
+        )
+        with self.db() as db:
+            triplet_id = db.execute(
+                "SELECT triplet_id FROM annotations WHERE id = ?", [annotation_id]
+            ).fetchone()[0]
+        return self.get_label(triplet_id)
+
+    def set_labels_from_annotations(
+        self, annotation_ids: Sequence[int], *, user: str = "system", replace_pending: bool = False
+    ) -> int:
+        """Bulk :meth:`set_label_from_annotation` in one transaction; returns how many changed."""
+        require_text(user, "user")
+        at, changed = now(), 0
+        with self.transaction() as db:
+            for annotation_id in annotation_ids:
+                ann = self._ok_annotation(db, annotation_id)
+                rewards = rewards_from_row(ann)
+                tid, origin = ann["triplet_id"], ann["kind"]
+                status = "fixed" if origin == "human" else "pending"
+                row = fetch_one(db, "SELECT * FROM labels WHERE triplet_id = ?", [tid])
+                if row is None:
+                    changed += self._insert_label(
+                        db, tid, rewards, status=status, origin=origin,
+                        annotation_id=annotation_id, note=None, user=user, at=at,
+                    )  # fmt: skip
+                    continue
+                old = _record(row)
+                if not (replace_pending and old.status == "pending" and old.origin != "human"):
+                    continue
+                if old.annotation_id == annotation_id:
+                    continue
+                cols = {
+                    "origin": origin,
+                    "annotation_id": annotation_id,
+                    **rewards_columns(rewards),
+                }
+                db.conn.execute(
+                    f"UPDATE labels SET {', '.join(f'{c} = ?' for c in cols)}, "
+                    "version = version + 1, updated_by = ?, updated_at = ? "
+                    "WHERE triplet_id = ? AND version = ?",
+                    [*cols.values(), user, at, tid, old.version],
+                )  # cannot miss: BEGIN IMMEDIATE holds the write lock since the read above
+                before = _snapshot(old.status, old.origin, old.rewards, old.annotation_id, old.note)
+                after = _snapshot(old.status, origin, rewards, annotation_id, old.note)
+                self._history(db, tid, old.version + 1, user, at, "reannotate", before, after, None)
+                changed += 1
+        return changed
+
+    # -- locks -------------------------------------------------------------------------------
+    def acquire_lock(
+        self, triplet_id: str, user: str, *, seconds: float = DEFAULT_LOCK_SECONDS
+    ) -> LabelRecord:
+        """Hold a label for ``user`` for ``seconds`` (renewing one's own lock is fine).
+
+        Raises LockedError if another user holds a live lock, NotFoundError if unlabelled.
+        """
+        require_text(user, "user")
+        if not seconds > 0:
+            raise StoreInputError(f"lock duration must be positive, got {seconds!r} seconds.")
+        at = now()
+        with self.transaction() as db:
+            cur = db.conn.execute(
+                "UPDATE labels SET locked_by = ?, locked_until = ? WHERE triplet_id = ? "
+                "AND (locked_by IS NULL OR locked_by = ? OR locked_until <= ?)",
+                [user, _later(seconds), triplet_id, user, at],
+            )
+            row = fetch_one(db, "SELECT * FROM labels WHERE triplet_id = ?", [triplet_id])
+            if row is None:
+                raise NotFoundError(f"triplet {triplet_id!r} has no label to lock.")
+            if cur.rowcount != 1:
+                raise _locked(triplet_id, row)
+            return _record(row)
+
+    def release_lock(self, triplet_id: str, user: str, *, force: bool = False) -> bool:
+        """Release ``user``'s lock (any user's with ``force``); True if a lock was released."""
+        require_text(user, "user")
+        cond = "" if force else " AND locked_by = ?"
+        with self.transaction() as db:
+            cur = db.conn.execute(
+                "UPDATE labels SET locked_by = NULL, locked_until = NULL "
+                f"WHERE triplet_id = ? AND locked_by IS NOT NULL{cond}",
+                [triplet_id] if force else [triplet_id, user],
+            )
+            return cur.rowcount == 1
+
+    def next_for_review(
+        self,
+        user: str,
+        *,
+        status: str | Sequence[str] = "pending",
+        split: str | None = None,
+        seconds: float = DEFAULT_LOCK_SECONDS,
+    ) -> LabelRecord | None:
+        """Lock and return the next label to review (the user's own live lock first), or None.
+
+        Atomic: two annotators calling this at the same moment never get the same item.
+        """
+        require_text(user, "user")
+        statuses = [status] if isinstance(status, str) else list(status)
+        for s in statuses:
+            require_choice(s, REVIEW_STATUSES, "status")
+        at = now()
+        cond = f"l.status IN ({', '.join('?' * len(statuses))})"
+        params: list[Any] = list(statuses)
+        if split is not None:
+            cond, params = cond + " AND t.split = ?", [*params, split]
+        base = (
+            f"SELECT l.triplet_id FROM labels l JOIN triplets t ON t.id = l.triplet_id WHERE {cond}"
+        )
+        with self.transaction() as db:
+            found = (
+                db.execute(
+                    f"{base} AND l.locked_by = ? AND l.locked_until > ? ORDER BY t.rowid LIMIT 1",
+                    [*params, user, at],
+                ).fetchone()
+                or db.execute(
+                    f"{base} AND (l.locked_by IS NULL OR l.locked_until <= ?) "
+                    "ORDER BY t.rowid LIMIT 1",
+                    [*params, at],
+                ).fetchone()
+            )
+            if found is None:
+                return None
+            db.conn.execute(
+                "UPDATE labels SET locked_by = ?, locked_until = ? WHERE triplet_id = ?",
+                [user, _later(seconds), found[0]],
+            )
+            return _record(fetch_one(db, "SELECT * FROM labels WHERE triplet_id = ?", [found[0]]))
+
+    # -- export ------------------------------------------------------------------------------
+    def export_labels(
+        self, *, split: str | None = None, include_unreviewed: bool = True
+    ) -> dict[str, ExportedLabel]:
+        """The training labels, keyed by triplet id, in insertion order.
+
+        The label row is the truth: a human correction (``fixed``) replaces the judge's values
+        and is exported with origin ``human``; ``accepted`` labels keep their machine origin
+        and name the reviewer; ``rejected`` triplets are left out; ``pending``/``skipped``
+        (unreviewed machine labels) are included unless ``include_unreviewed`` is False.
+        """
+        statuses = ["accepted", "fixed"] + (["pending", "skipped"] if include_unreviewed else [])
+        sql = (
+            "SELECT l.*, a.judge_model, a.prompt_version FROM labels l "
+            "JOIN triplets t ON t.id = l.triplet_id "
+            "LEFT JOIN annotations a ON a.id = l.annotation_id "
+            f"WHERE l.status IN ({', '.join('?' * len(statuses))})"
+        )
+        params: list[Any] = list(statuses)
+        if split is not None:
+            sql, params = sql + " AND t.split = ?", [*params, split]
+        with self.db() as db:
+            rows = list(db.query(sql + " ORDER BY t.rowid", params))
+        return {
+            r["triplet_id"]: ExportedLabel(
+                triplet_id=r["triplet_id"],
+                rewards=rewards_from_row(r),
+                origin=r["origin"],
+                status=r["status"],
+                version=r["version"],
+                reviewed_by=r["updated_by"] if r["status"] in REVIEWED else None,
+                annotation_id=r["annotation_id"],
+                judge_model=r["judge_model"],
+                prompt_version=r["prompt_version"],
+                updated_at=r["updated_at"],
+            )
+            for r in rows
+        }
+
+    def export_rewardedit(self, **filters: Any) -> dict[str, list[dict[str, Any]]]:
+        """:meth:`export_labels` in the paper's RewardEdit-20K JSON shape."""
+        return dump_rewardedit({k: v.rewards for k, v in self.export_labels(**filters).items()})
