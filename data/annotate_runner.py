@@ -1,0 +1,403 @@
+"""The annotation runner: plan, judge concurrently, store as results arrive, account for cost.
+
+Planning (:func:`plan`) turns store triplets into :class:`Job` s keyed by
+:func:`core.judges.base.idempotency_key` (image hashes, instruction, judge model, prompt version and
+digest, request mode, task). One SQL query finds which keys already have rows, so a re-run only
+plans what has never been attempted (or, with ``only_failed``, what failed and never succeeded).
+
+Running (:func:`run_jobs`): ``concurrency`` workers take jobs from a queue, read the two image
+files, and await the judge (which bounds HTTP requests in flight, rate-limits, retries -- see
+:mod:`core.judges.openai_judge`). Results go to a single writer task that drains whatever has
+arrived and stores it in one transaction, so labels land in the store within milliseconds and
+under load are batched. A ``kill -9`` loses at most the jobs in flight and the results not yet
+written; the content key guarantees that what *was* written is never written twice (the store
+keeps one ok row per key), and the next run judges only the rest.
+
+Accounting: every stored result carries its ``usage`` (calls, tokens, image bytes, retries) in
+``meta``, and the run appends checkpoints to ``<db>_ledger.jsonl`` (one JSON line per flush, at
+most every ``ledger_every`` seconds, plus a final line), so even a killed run's cost is on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from core.judges.base import Judge, JudgeInput, JudgeResult, JudgeSpec, Usage, idempotency_key
+from core.judges.cost import Pricing
+from core.rewards import Rewards
+
+ORACLE_KINDS = ("shapes-oracle",)
+
+
+def stored_version(spec: JudgeSpec) -> str:
+    """The ``prompt_version`` column of a label (``v1-one+<digest>``, see JudgeSpec)."""
+    return spec.stored_version
+
+
+def store_kind(spec: JudgeSpec) -> str:
+    return "oracle" if spec.kind in ORACLE_KINDS else "judge"
+
+
+@dataclass(frozen=True)
+class Job:
+    triplet_id: str
+    key: str
+    instruction: str
+    original: str  # image hash
+    edited: str  # image hash
+
+
+@dataclass
+class Plan:
+    jobs: list[Job]
+    total: int  # triplets matching the filters
+    done: int  # already have an ok result
+    failed_before: int  # have failed attempts and no ok result
+    no_edited: int  # have no edited image (cannot be judged)
+
+
+def plan(
+    store: Any,
+    spec: JudgeSpec,
+    task: str,
+    *,
+    split: str | None = None,
+    source: str | None = None,
+    ids: Sequence[str] | None = None,
+    only_failed: bool = False,
+    limit: int | None = None,
+) -> Plan:
+    where, params = [], []
+    for col, value in (("split", split), ("source", source)):
+        if value is not None:
+            where.append(f"{col} = ?")
+            params.append(value)
+    sql = "SELECT id, instruction, original, edited FROM triplets"
+    sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY rowid"
+    with store.db() as db:
+        rows = db.execute(sql, params).fetchall()
+        seen = db.execute(
+            "SELECT key, max(status = 'ok') FROM annotations WHERE task = ? AND judge_model = ? "
+            "AND prompt_version IS ? GROUP BY key",
+            [task, spec.model, stored_version(spec) if store_kind(spec) == "judge" else None],
+        ).fetchall()
+    if ids is not None:
+        wanted = set(ids)
+        rows = [r for r in rows if r[0] in wanted]
+    ok = {k for k, has_ok in seen if has_ok}
+    failed = {k for k, has_ok in seen if not has_ok}
+    jobs, no_edited, n_ok, n_failed = [], 0, 0, 0
+    for tid, instruction, original, edited in rows:
+        if not edited:
+            no_edited += 1
+            continue
+        key = idempotency_key(original, edited, instruction, spec, task)
+        if key in ok:
+            n_ok += 1
+            continue
+        n_failed += key in failed
+        if (key in failed) == only_failed:
+            jobs.append(Job(tid, key, instruction, original, edited))
+    if limit is not None:
+        jobs = jobs[: max(0, limit)]
+    return Plan(jobs, len(rows), n_ok, n_failed, no_edited)
+
+
+def result_record(job: Job, result: JudgeResult, run_id: str) -> dict[str, Any]:
+    """The store row (``Store.add_annotations`` item) of one result."""
+    spec = result.judge
+    meta: dict[str, Any] = {
+        "judge": spec.to_dict(),
+        "usage": result.usage.to_dict(),
+        "attempts": result.attempts,
+        "run": run_id,
+    }
+    rec: dict[str, Any] = {
+        "triplet_id": job.triplet_id,
+        "kind": store_kind(spec),
+        "task": result.task,
+        "judge_model": spec.model,
+        "prompt_version": stored_version(spec) if store_kind(spec) == "judge" else None,
+        "status": result.status,
+        "raw": result.raw,
+        "key": job.key,
+        "meta": meta,
+    }
+    if result.ok:
+        if result.task == "annotate":
+            rec["rewards"] = result.rewards
+        else:
+            rec["rewards"] = Rewards.from_scores(result.evaluation.scores)
+            meta["verdicts"] = {p: v["verdict"] for p, v in result.evaluation.to_dict().items()}
+    else:
+        rec["failure_reason"] = f"{result.reason_code}: {result.reason}"
+        meta["reason_code"] = result.reason_code
+    return rec
+
+
+@dataclass
+class Summary:
+    run_id: str
+    task: str
+    judge: dict[str, str]
+    planned: int
+    skipped_done: int
+    ok: int = 0
+    failed: Counter = field(default_factory=Counter)  # reason code -> count
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float | None = None
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def finished(self) -> int:
+        return self.ok + sum(self.failed.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run": self.run_id,
+            "task": self.task,
+            "judge": self.judge,
+            "planned": self.planned,
+            "skipped_done": self.skipped_done,
+            "ok": self.ok,
+            "failed": dict(self.failed),
+            "usage": self.usage.to_dict(),
+            "cost_usd": self.cost_usd,
+            "seconds": round(self.seconds, 3),
+            "triplets_per_s": round(self.finished / self.seconds, 3) if self.seconds else None,
+            "interrupted": self.interrupted,
+        }
+
+    def text(self) -> str:
+        u = self.usage
+        cost = (
+            "unknown (no price for this model)"
+            if self.cost_usd is None
+            else f"${self.cost_usd:.4f}"
+        )
+        lines = [
+            f"run {self.run_id}: {self.task} with {self.judge['kind']}:{self.judge['model']} "
+            f"(prompts {self.judge['prompt_version']}, mode {self.judge['mode']})",
+            f"  planned {self.planned}, already done {self.skipped_done}, "
+            f"labelled {self.ok}, failed {sum(self.failed.values())}"
+            + (" -- INTERRUPTED" if self.interrupted else ""),
+        ]
+        for code, n in self.failed.most_common():
+            lines.append(f"    failed {code}: {n}")
+        lines.append(
+            f"  {u.calls} calls ({u.retries} retries), {u.prompt_tokens} prompt + "
+            f"{u.completion_tokens} completion tokens, {u.image_bytes / 1e6:.2f} MB of images"
+        )
+        rate = self.finished / self.seconds if self.seconds else 0.0
+        lines.append(f"  cost {cost}; {self.seconds:.1f} s, {rate:.2f} triplets/s")
+        return "\n".join(lines)
+
+
+class Ledger:
+    """Append-only JSONL ledger of token use and cost per run (checkpoints, crash-safe)."""
+
+    def __init__(self, path: Path | None, run_id: str, spec: JudgeSpec, pricing: Pricing | None):
+        self.path, self.run_id, self.spec, self.pricing = path, run_id, spec, pricing
+        self.pending, self.last = Usage(), time.monotonic()
+        self.pending_results = 0
+
+    def add(self, usage: Usage, results: int, every: float) -> None:
+        self.pending += usage
+        self.pending_results += results
+        if time.monotonic() - self.last >= every:
+            self.flush()
+
+    def flush(self, final: Summary | None = None) -> None:
+        self.last = time.monotonic()
+        if self.path is None or (not self.pending_results and final is None):
+            return
+        line = {
+            "run": self.run_id,
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "judge": self.spec.to_dict(),
+            "results": self.pending_results,
+            "usage": self.pending.to_dict(),
+            "cost_usd": self.pricing.cost(self.pending) if self.pricing else None,
+        }
+        if final is not None:
+            line["final"] = final.to_dict()
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+        self.pending, self.pending_results = Usage(), 0
+
+
+def ledger_path(store: Any) -> Path:
+    return Path(store.path).with_name(f"{Path(store.path).stem}_ledger.jsonl")
+
+
+def read_ledger(path: Path, run_id: str | None = None) -> dict[str, dict[str, Any]]:
+    """Totals per run from a ledger file: results, usage, cost."""
+    runs: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return runs
+    for line in path.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        if run_id is not None and rec["run"] != run_id:
+            continue
+        r = runs.setdefault(rec["run"], {"results": 0, "usage": Usage(), "cost_usd": 0.0})
+        r["results"] += rec["results"]
+        r["usage"] += Usage.from_dict(rec["usage"])
+        r["cost_usd"] = (
+            None
+            if rec["cost_usd"] is None or r["cost_usd"] is None
+            else r["cost_usd"] + rec["cost_usd"]
+        )
+    return runs
+
+
+def make_input(store: Any, job: Job) -> JudgeInput:
+    return JudgeInput(
+        job.instruction,
+        store.image_path(job.original).read_bytes(),
+        store.image_path(job.edited).read_bytes(),
+        triplet_id=job.triplet_id,
+        context={"store": store},
+    )
+
+
+async def run_jobs(
+    store: Any,
+    judge: Judge,
+    jobs: Sequence[Job],
+    task: str,
+    *,
+    concurrency: int = 8,
+    pricing: Pricing | None = None,
+    set_labels: bool = True,
+    progress: bool = True,
+    ledger_every: float = 2.0,
+    skipped_done: int = 0,
+    on_result: Callable[[Job, JudgeResult], None] | None = None,
+) -> Summary:
+    """Judge ``jobs`` with ``concurrency`` workers, storing each result as it arrives."""
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    summary = Summary(run_id, task, judge.spec.to_dict(), len(jobs), skipped_done)
+    ledger = Ledger(ledger_path(store), run_id, judge.spec, pricing)
+    queue: asyncio.Queue[Job] = asyncio.Queue()
+    for job in jobs:
+        queue.put_nowait(job)
+    # Bounded: when the store lags, workers wait instead of judging ahead, so a kill loses at
+    # most the requests in flight, the results queued here and the batch being written.
+    results: asyncio.Queue[tuple[Job, JudgeResult] | None] = asyncio.Queue(maxsize=concurrency)
+    bar = tqdm(
+        total=len(jobs), desc=f"{task} ({judge.spec.name})", unit="triplet", disable=not progress
+    )
+    start = time.monotonic()
+
+    async def worker() -> None:
+        while True:
+            try:
+                job = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            item = await asyncio.to_thread(make_input, store, job)
+            await results.put((job, await judge.run(task, item)))
+
+    def write(batch: list[tuple[Job, JudgeResult]]) -> None:
+        ids = store.add_annotations([result_record(j, r, run_id) for j, r in batch])
+        if set_labels and task == "annotate":
+            ok_ids = [i for i, (_, r) in zip(ids, batch) if r.ok]
+            if ok_ids:
+                store.set_labels_from_annotations(
+                    ok_ids, user=f"{store_kind(judge.spec)}:{judge.spec.model}"
+                )
+
+    async def writer() -> None:
+        stop = False
+        while not stop:
+            batch = [await results.get()]
+            while not results.empty():
+                batch.append(results.get_nowait())
+            if batch[-1] is None:
+                stop = True
+            batch = [b for b in batch if b is not None]
+            if not batch:
+                continue
+            await asyncio.to_thread(write, batch)
+            usage = Usage()
+            for job, r in batch:
+                usage += r.usage
+                if r.ok:
+                    summary.ok += 1
+                else:
+                    summary.failed[r.reason_code] += 1
+                if on_result:
+                    on_result(job, r)
+            summary.usage += usage
+            ledger.add(usage, len(batch), ledger_every)
+            bar.update(len(batch))
+            bar.set_postfix(
+                ok=summary.ok,
+                failed=sum(summary.failed.values()),
+                tokens=summary.usage.total_tokens,
+                refresh=False,
+            )
+
+    writer_task = asyncio.create_task(writer())
+    n_workers = min(concurrency, max(1, len(jobs)))
+    workers = asyncio.ensure_future(asyncio.gather(*(worker() for _ in range(n_workers))))
+    try:
+        await asyncio.wait({workers, writer_task}, return_when=asyncio.FIRST_COMPLETED)
+        if writer_task.done():  # the writer only stops early when the store fails: stop judging
+            await _cancel(workers)
+            writer_task.result()  # raises the store's error
+        await workers
+    except asyncio.CancelledError:
+        summary.interrupted = True
+        await _cancel(workers)
+        raise
+    finally:
+        if not writer_task.done():
+            await results.put(None)
+            await asyncio.shield(writer_task)  # store every result that arrived, even on Ctrl-C
+        bar.close()
+        summary.seconds = time.monotonic() - start
+        summary.cost_usd = pricing.cost(summary.usage) if pricing else None
+        ledger.flush(final=summary)
+    return summary
+
+
+async def _cancel(fut: asyncio.Future) -> None:
+    """Cancel ``fut`` and wait for it, so no task is left with an unretrieved exception."""
+    fut.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await fut
+
+
+def repair_labels(store: Any, spec: JudgeSpec) -> int:
+    """Give a label to triplets whose ok annotation (of this judge) was stored but whose label
+    was not, e.g. after a kill between the two writes. Returns how many labels were set."""
+    with store.db() as db:
+        ids = [
+            r[0]
+            for r in db.execute(
+                "SELECT min(a.id) FROM annotations a LEFT JOIN labels l ON l.triplet_id = a.triplet_id "
+                "WHERE l.triplet_id IS NULL AND a.status = 'ok' AND a.task = 'annotate' "
+                "AND a.judge_model = ? AND a.prompt_version IS ? GROUP BY a.triplet_id",
+                [spec.model, stored_version(spec) if store_kind(spec) == "judge" else None],
+            ).fetchall()
+        ]
+    if not ids:
+        return 0
+    return store.set_labels_from_annotations(ids, user=f"{store_kind(spec)}:{spec.model}")

@@ -1,0 +1,116 @@
+"""Who is calling, and may they do this? Login policy and roles for the studio.
+
+Rules (docs/studio.md, "Users and login"):
+
+* Serving on anything but localhost requires login. ``launch(auth=...)`` gets
+  :func:`password_check`, which asks the store (users, roles and scrypt-hashed passwords live
+  there), so Gradio refuses every page and API call without a session cookie.
+* Handlers never trust the client for identity. The acting user is ``request.username``,
+  which Gradio fills from the login session; no event takes a user name as an input, so a
+  rater cannot submit a rating as somebody else even through the raw API.
+* Defence in depth: even if the app were (mis)launched without ``auth`` on a public
+  interface, :meth:`Access.user` refuses review and rating calls that carry no logged-in
+  user whenever the policy says login is required.
+* On localhost without ``--auth`` the studio is a single-user tool: every call acts as the
+  local user :data:`LOCAL_USER` with the admin role. That user exists in the store (ratings
+  and history refer to users by name) with a random password nobody knows, so it can never
+  be used to log in to a served studio.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from core.store import ConflictError, Store
+
+LOCAL_USER = "local"
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+# What each role may do. Admins may do everything.
+CAN_EDIT = ("admin", "annotator", "rater")  # run the model in the Edit tab
+CAN_REVIEW = ("admin", "annotator")  # review and correct labels; send edits to review
+CAN_RATE = ("admin", "rater")  # blind human evaluation
+CAN_SEE_RESULTS = ("admin",)  # results name the systems, so raters never see them
+
+
+class AccessDenied(PermissionError):
+    """The caller is not logged in or their role does not allow the action."""
+
+
+def is_local_host(host: str) -> bool:
+    """True when ``host`` only accepts connections from this machine."""
+    if host in LOCAL_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str
+
+
+@dataclass(frozen=True)
+class Access:
+    """The studio's login policy; see the module docstring."""
+
+    store: Store
+    login_required: bool
+
+    def user(self, username: str | None, allowed: tuple[str, ...], action: str) -> User:
+        """The acting user for ``action`` or :class:`AccessDenied` with a clear sentence.
+
+        ``username`` must come from ``gr.Request.username`` (the login session).
+        """
+        if not username:
+            if self.login_required:
+                raise AccessDenied(
+                    f"You must log in to {action}. This studio is served beyond localhost, "
+                    "so every review and rating call needs a logged-in user."
+                )
+            username = LOCAL_USER
+        record = self.store.get_user(username)
+        if record is None or not record["active"]:
+            raise AccessDenied(f"User {username!r} is not an active user of this studio.")
+        if record["role"] not in allowed:
+            raise AccessDenied(
+                f"User {username!r} has the role {record['role']!r}, which may not {action} "
+                f"(allowed roles: {', '.join(allowed)})."
+            )
+        return User(username, record["role"])
+
+    def role_of(self, username: str | None) -> str | None:
+        """The caller's role, or None when not logged in / unknown (never raises)."""
+        if not username:
+            username = None if self.login_required else LOCAL_USER
+        if username is None:
+            return None
+        record = self.store.get_user(username)
+        return record["role"] if record and record["active"] else None
+
+
+def ensure_local_user(store: Store) -> None:
+    """Create the local admin (random password, see module docstring) if it is missing."""
+    if store.get_user(LOCAL_USER) is not None:
+        return
+    try:
+        store.add_user(LOCAL_USER, "admin", secrets.token_urlsafe(32))
+    except ConflictError:  # another process created it between our check and the insert
+        pass
+
+
+def password_check(store: Store) -> Callable[[str, str], bool]:
+    """The ``auth=`` callable for ``launch``: active users with their own password only."""
+
+    def check(username: str, password: str) -> bool:
+        if username == LOCAL_USER:  # the local single-user identity never logs in remotely
+            return False
+        return store.verify_password(username, password)
+
+    return check

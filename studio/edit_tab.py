@@ -1,0 +1,206 @@
+"""Tab 1, Edit: run the model with reward sliders; compare, sweep, send to review.
+
+Events (``api_name``): ``edit``, ``sweep``, ``randomize_seed``, ``send_to_review``.
+The model runs under ``concurrency_id="model"`` with a limit of one: Gradio's queue makes
+other users wait their turn instead of running two generations on one GPU at once.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import gradio as gr
+
+from core.images import load_image
+from core.rewards import PERSPECTIVES, TITLES
+from studio.auth import CAN_EDIT, CAN_REVIEW
+from studio.context import StudioContext, bind, user_errors, username
+from studio.model import EditSettings
+
+MAX_SEED = 2**31 - 1
+
+
+def _settings(
+    scores: list[float], texts: list[str], steps, text_cfg, image_cfg, reward_cfg, seed
+) -> EditSettings:
+    if seed is None or int(seed) < 0:
+        raise gr.Error("The seed must be a whole number of 0 or more.", print_exception=False)
+    return EditSettings(
+        rewards=tuple(float(s) for s in scores),
+        reward_text=tuple((t or "").strip() for t in texts),
+        steps=int(steps),
+        guidance_scale=float(text_cfg),
+        image_guidance_scale=float(image_cfg),
+        reward_guidance_scale=float(reward_cfg),
+        seed=int(seed),
+    )
+
+
+def _check(image: Any, instruction: str) -> str:
+    if image is None:
+        raise gr.Error("Upload an image (or pick an example) to edit.", print_exception=False)
+    instruction = (instruction or "").strip()
+    if not instruction:
+        raise gr.Error("Write an instruction, e.g. “make the circle blue”.", print_exception=False)
+    return instruction
+
+
+@user_errors
+def run_edit(
+    ctx: StudioContext,
+    image, instruction, s_follow, s_preserve, s_quality, t_follow, t_preserve, t_quality,
+    steps, text_cfg, image_cfg, reward_cfg, seed,
+    request: gr.Request, progress=gr.Progress(),
+):  # fmt: skip
+    """Edit the image; returns the before/after pair, a status line and the edit (state)."""
+    ctx.access.user(username(request), CAN_EDIT, "run the model")
+    instruction = _check(image, instruction)
+    settings = _settings(
+        [s_follow, s_preserve, s_quality], [t_follow, t_preserve, t_quality],
+        steps, text_cfg, image_cfg, reward_cfg, seed,
+    )  # fmt: skip
+    progress((0, settings.steps), desc="editing")
+    before, after = ctx.model.edit(
+        image, instruction, settings,
+        progress=lambda i, n: progress((i, n), desc="editing", unit="steps"),
+    )  # fmt: skip
+    last = {"original": before, "edited": after, "instruction": instruction, "settings": settings}
+    scores = ", ".join(f"{p} {s:g}" for p, s in zip(PERSPECTIVES, settings.rewards))
+    status = f"Edited with rewards ({scores}), seed {settings.seed}, {settings.steps} steps."
+    return (before, after), status, last
+
+
+@user_errors
+def run_sweep(
+    ctx: StudioContext,
+    image, instruction, s_follow, s_preserve, s_quality, t_follow, t_preserve, t_quality,
+    steps, text_cfg, image_cfg, reward_cfg, seed,
+    request: gr.Request, progress=gr.Progress(),
+):  # fmt: skip
+    """A grid: each row varies one perspective's reward (0, 2.5, 5), the others fixed."""
+    ctx.access.user(username(request), CAN_EDIT, "run the model")
+    instruction = _check(image, instruction)
+    settings = _settings(
+        [s_follow, s_preserve, s_quality], [t_follow, t_preserve, t_quality],
+        steps, text_cfg, image_cfg, reward_cfg, seed,
+    )  # fmt: skip
+    grid = ctx.model.sweep(
+        image, instruction, settings,
+        progress=lambda i, n: progress((i, n), desc="reward sweep", unit="steps"),
+    )  # fmt: skip
+    return grid
+
+
+def randomize_seed() -> int:
+    return random.randint(0, MAX_SEED)
+
+
+@user_errors
+def send_to_review(ctx: StudioContext, last: dict | None, request: gr.Request) -> str:
+    """Store the last edit (input, instruction, output) as a new triplet for review."""
+    user = ctx.access.user(username(request), CAN_REVIEW, "send edits to review")
+    if not last:
+        raise gr.Error("Run an edit first; there is nothing to send yet.", print_exception=False)
+    settings: EditSettings = last["settings"]
+    tid = ctx.store.add_triplet(
+        load_image(last["original"]),
+        load_image(last["edited"]),
+        last["instruction"],
+        split="studio",
+        source="studio-edit",
+        meta={"model": ctx.model.name, "settings": settings.to_dict(), "sent_by": user.name},
+    )
+    return f"Stored as triplet `{tid}` (split “studio”); it is now in the review queue."
+
+
+def build_edit_tab(ctx: StudioContext) -> None:
+    with gr.Row():
+        with gr.Column(scale=1):
+            image = gr.Image(label="Input image", type="pil", elem_id="edit-input", height=300,
+                             elem_classes=["mrc-pixels"])  # fmt: skip
+            instruction = gr.Textbox(
+                label="Instruction",
+                placeholder="e.g. make the circle blue",
+                elem_id="edit-instruction",
+            )
+            sliders = [
+                gr.Slider(
+                    0,
+                    5,
+                    value=5,
+                    step=0.5,
+                    label=f"{TITLES[p]} reward",
+                    info="The score to ask for (5 = best).",
+                    elem_id=f"edit-reward-{p}",
+                )  # fmt: skip
+                for p in PERSPECTIVES
+            ]
+            with gr.Accordion("Failure texts (optional)", open=False):
+                gr.Markdown(
+                    "Describe failure points to condition on, per perspective; leave empty "
+                    "for none (the paper's inference uses empty texts)."
+                )
+                texts = [
+                    gr.Textbox(label=TITLES[p], lines=1, elem_id=f"edit-text-{p}")
+                    for p in PERSPECTIVES
+                ]
+            with gr.Accordion("Sampling", open=False):
+                steps = gr.Slider(1, 100, value=EditSettings.steps, step=1, label="Steps")
+                text_cfg = gr.Slider(
+                    1, 15, value=EditSettings.guidance_scale, step=0.1, label="Text guidance"
+                )
+                image_cfg = gr.Slider(
+                    1, 5, value=EditSettings.image_guidance_scale, step=0.05,
+                    label="Image guidance",
+                )  # fmt: skip
+                reward_cfg = gr.Slider(
+                    0, 5, value=EditSettings.reward_guidance_scale, step=0.1,
+                    label="Reward guidance", info="1 reproduces the paper; above 1 strengthens "
+                    "the rewards (needs a model trained with reward dropout).",
+                )  # fmt: skip
+                with gr.Row():
+                    seed = gr.Number(
+                        value=0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED
+                    )
+                    dice = gr.Button("🎲 Randomise", size="sm", elem_id="edit-randomize")
+            with gr.Row():
+                go = gr.Button("Edit", variant="primary", elem_id="edit-run")
+                sweep = gr.Button("Reward sweep", elem_id="edit-sweep")
+            if ctx.examples:
+                gr.Examples(
+                    examples=[[path, text] for path, text in ctx.examples],
+                    inputs=[image, instruction],
+                    label="Examples",
+                    examples_per_page=4,
+                )
+        with gr.Column(scale=1):
+            compare = gr.ImageSlider(
+                label="Input ↔ edited",
+                type="pil",
+                format="png",  # lossless: artifacts the reviewer should see are the model's
+                elem_id="edit-output",
+                max_height=420,
+                elem_classes=["mrc-pixels"],
+            )
+            status = gr.Markdown(elem_id="edit-status")
+            to_review = gr.Button("Send to review", elem_id="edit-send")
+            review_status = gr.Markdown(elem_id="edit-send-status")
+            grid = gr.Image(label="Reward sweep", type="pil", elem_id="edit-grid", interactive=False,
+                            format="png")  # fmt: skip
+    last = gr.State(None)
+    inputs = [image, instruction, *sliders, *texts, steps, text_cfg, image_cfg, reward_cfg, seed]
+    go.click(
+        bind(run_edit, ctx), inputs, [compare, status, last],
+        api_name="edit", concurrency_limit=1, concurrency_id="model",
+    )  # fmt: skip
+    instruction.submit(
+        bind(run_edit, ctx), inputs, [compare, status, last],
+        api_name="edit_submit", concurrency_limit=1, concurrency_id="model",
+    )  # fmt: skip
+    sweep.click(
+        bind(run_sweep, ctx), inputs, [grid],
+        api_name="sweep", concurrency_limit=1, concurrency_id="model",
+    )  # fmt: skip
+    dice.click(randomize_seed, None, [seed], api_name="randomize_seed", queue=False)
+    to_review.click(bind(send_to_review, ctx), [last], [review_status], api_name="send_to_review")

@@ -1,0 +1,459 @@
+"""The review queue: filters, doubtful-first order, locks, saves, progress and export.
+
+UI-independent: :class:`ReviewQueue` works on a :class:`~core.store.Store` and plain values,
+and ``studio/review_tab.py`` only wires it to Gradio.
+
+Doubt. The queue shows the labels most likely to be wrong first. For each triplet, over its
+machine annotations (judge and oracle, task ``annotate``):
+
+    doubt = max over perspectives of (max score - min score across annotators)   [0..5]
+          + 1 for each perspective whose score and failure text contradict each other
+            (a 5 that names failure points, or a score <= 2.5 that names none)
+          + 1 if any judge call on the triplet failed
+          + 10 if the triplet has no machine label at all (e.g. sent from the Edit tab)
+
+Triplets without an edited image (benchmark inputs) are not in the queue. Ties keep
+insertion order. The doubt of every triplet is computed once and cached; the cache
+is rebuilt only when triplets or annotations are added (checked with two ``max(rowid)``
+queries), so on 20,000 triplets taking the next item costs a few small queries.
+
+Locks. Taking an item locks its label for the annotator (``Store.acquire_lock``); another
+annotator's queue passes over it. Items without a label cannot be locked in the store, so the
+queue holds a claim on them in memory for the same duration (one studio process serves all).
+Saving uses the label version loaded with the item: if someone else saved in between, the
+store raises ConflictError and nothing is overwritten.
+
+Time per item is the time between an annotator's consecutive saves, with gaps longer than
+``BREAK_SECONDS`` counted as breaks and left out (the store's history records when, not for
+how long).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from core.rewards import PERSPECTIVES, Rewards
+from core.store import (
+    DEFAULT_LOCK_SECONDS,
+    REVIEW_STATUSES,
+    LabelRecord,
+    LockedError,
+    NotFoundError,
+    Store,
+    StoreInputError,
+)
+from core.store.base import now as store_now
+
+TO_REVIEW = "to review"  # pending, skipped or unlabelled
+UNLABELED = "unlabeled"
+STATUS_FILTERS = (TO_REVIEW, *REVIEW_STATUSES, UNLABELED, "all")
+DECISIONS = {"accept": None, "fix": None, "reject": "rejected", "skip": "skipped"}
+BREAK_SECONDS = 600.0
+CHUNK = 64  # candidates checked per query when looking for the next free item
+
+
+@dataclass(frozen=True)
+class ReviewFilter:
+    """Which triplets the queue offers. ``None`` means "any"."""
+
+    status: str = TO_REVIEW
+    category: str | None = None
+    judge: str | None = None  # triplets annotated by this judge model
+    perspective: str | None = None  # with ``score_min``/``score_max``: the label's score range
+    score_min: float = 0.0
+    score_max: float = 5.0
+    split: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUS_FILTERS:
+            raise ValueError(
+                f"unknown status filter {self.status!r}; choose one of {', '.join(STATUS_FILTERS)}."
+            )
+        if self.perspective is not None and self.perspective not in PERSPECTIVES:
+            raise ValueError(
+                f"unknown perspective {self.perspective!r}; choose one of {', '.join(PERSPECTIVES)}."
+            )
+        if not 0.0 <= self.score_min <= self.score_max <= 5.0:
+            raise ValueError(
+                f"the score range must satisfy 0 <= min <= max <= 5, got [{self.score_min}, "
+                f"{self.score_max}]."
+            )
+
+    def statuses(self) -> set[str | None]:
+        """Wanted label statuses; None stands for "no label yet"."""
+        if self.status == TO_REVIEW:
+            return {"pending", "skipped", None}
+        if self.status == UNLABELED:
+            return {None}
+        if self.status == "all":
+            return {*REVIEW_STATUSES, None}
+        return {self.status}
+
+
+@dataclass
+class ReviewItem:
+    """One triplet in front of an annotator."""
+
+    triplet: dict[str, Any]
+    label: LabelRecord | None  # None: no label yet, saving creates one
+    doubt: float
+    annotations: list[dict[str, Any]]  # machine and human annotations, oldest first
+    shown_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def triplet_id(self) -> str:
+        return self.triplet["id"]
+
+    @property
+    def version(self) -> int:
+        return self.label.version if self.label else 0
+
+    @property
+    def prefill(self) -> Rewards | None:
+        """What the form starts with: the label, else the first machine annotation."""
+        if self.label is not None:
+            return self.label.rewards
+        for a in self.annotations:
+            if a["status"] == "ok" and a["kind"] != "human":
+                return a["rewards"]
+        return None
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    triplet_id: str
+    doubt: float
+
+
+@dataclass(frozen=True)
+class MachineLabel:
+    """One machine annotation as the doubt score needs it (None scores: a failed call)."""
+
+    scores: tuple[float, float, float] | None
+    texts: tuple[str, str, str] = ("", "", "")
+
+
+def doubt_of(labels: Sequence[MachineLabel]) -> float:
+    """The doubt score of one triplet from its machine annotations (module docstring)."""
+    ok = [a for a in labels if a.scores is not None]
+    failed = len(ok) < len(labels)
+    if not ok:
+        return 10.0 + (1.0 if failed else 0.0)
+    spread = max(max(col) - min(col) for col in zip(*(a.scores for a in ok)))
+    contradictions = sum(
+        (score >= 5.0 and text.strip() != "") or (score <= 2.5 and text.strip() == "")
+        for a in ok
+        for score, text in zip(a.scores, a.texts)
+    )
+    return spread + float(contradictions) + (1.0 if failed else 0.0)
+
+
+class ReviewQueue:
+    """Doubt-ordered review queue over a store; thread-safe (one per studio process)."""
+
+    def __init__(self, store: Store, *, lock_seconds: float = DEFAULT_LOCK_SECONDS) -> None:
+        self.store = store
+        self.lock_seconds = lock_seconds
+        self._mutex = threading.Lock()
+        self._doubt: dict[str, float] = {}
+        self._order: list[str] = []  # all triplet ids, most doubtful first
+        self._stamp: tuple[int, int] | None = None
+        self._claims: dict[str, tuple[str, float]] = {}  # unlabelled id -> (user, until)
+
+    # -- doubt cache ---------------------------------------------------------------------------
+    def _current_stamp(self) -> tuple[int, int]:
+        with self.store.db() as db:
+            t = db.execute("SELECT ifnull(max(rowid), 0) FROM triplets").fetchone()[0]
+            a = db.execute("SELECT ifnull(max(id), 0) FROM annotations").fetchone()[0]
+        return t, a
+
+    def _refresh(self) -> None:
+        stamp = self._current_stamp()
+        if stamp == self._stamp:
+            return
+        cols = ", ".join(f"{p}, {p}_text" for p in PERSPECTIVES)
+        sql = (
+            f"SELECT triplet_id, status, {cols} FROM annotations "
+            "WHERE kind IN ('judge', 'oracle') AND task = 'annotate'"
+        )
+        per_triplet: dict[str, list[MachineLabel]] = {}
+        with self.store.db() as db:
+            ids = [r[0] for r in db.execute(  # benchmark inputs have no edited image: not reviewable
+                "SELECT id FROM triplets WHERE edited IS NOT NULL ORDER BY rowid"
+            )]  # fmt: skip
+            for row in db.execute(sql):
+                label = (
+                    MachineLabel(row[2::2], tuple(t or "" for t in row[3::2]))
+                    if row[1] == "ok"
+                    else MachineLabel(None)
+                )
+                per_triplet.setdefault(row[0], []).append(label)
+        doubt = {tid: doubt_of(per_triplet.get(tid, [])) for tid in ids}
+        position = {tid: i for i, tid in enumerate(ids)}
+        self._order = sorted(ids, key=lambda t: (-doubt[t], position[t]))
+        self._doubt = doubt
+        self._stamp = stamp
+
+    def warm(self) -> None:
+        """Compute the doubt order now (the first ``next_item`` would, taking ~1 s per
+        20,000 triplets); :func:`studio.app.create_context` runs this in the background."""
+        with self._mutex:
+            self._refresh()
+
+    def doubt(self, triplet_id: str) -> float:
+        with self._mutex:
+            self._refresh()
+            return self._doubt.get(triplet_id, 10.0)
+
+    # -- choosing the next item ----------------------------------------------------------------
+    def _candidates(self, flt: ReviewFilter) -> list[str]:
+        """Ids passing the static filters (category, judge, split), in doubt order."""
+        where, params = [], []
+        for col, value in (("category", flt.category), ("split", flt.split)):
+            if value is not None:
+                where.append(f"t.{col} = ?")
+                params.append(value)
+        if flt.judge is not None:
+            where.append(
+                "EXISTS (SELECT 1 FROM annotations a WHERE a.triplet_id = t.id "
+                "AND a.judge_model = ?)"
+            )
+            params.append(flt.judge)
+        if not where:
+            return self._order
+        with self.store.db() as db:
+            keep = {
+                r[0]
+                for r in db.execute(
+                    f"SELECT t.id FROM triplets t WHERE {' AND '.join(where)}", params
+                )
+            }
+        return [t for t in self._order if t in keep]
+
+    def _eligible(self, flt: ReviewFilter, user: str, ids: list[str]) -> list[str]:
+        """The ids among ``ids`` whose current label passes the dynamic filters."""
+        cols = ", ".join(PERSPECTIVES)
+        with self.store.db() as db:
+            rows = db.execute(
+                f"SELECT triplet_id, status, locked_by, locked_until, {cols} FROM labels "
+                f"WHERE triplet_id IN ({', '.join('?' * len(ids))})",
+                ids,
+            ).fetchall()
+        labels = {r[0]: r for r in rows}
+        wanted = flt.statuses()
+        stamp = store_now()
+        now = time.monotonic()
+        out = []
+        for tid in ids:
+            row = labels.get(tid)
+            status = row[1] if row else None
+            if status not in wanted:
+                continue
+            if row is not None and row[2] not in (None, user) and row[3] > stamp:
+                continue  # locked by someone else
+            if row is None:
+                claim = self._claims.get(tid)
+                if claim and claim[0] != user and claim[1] > now:
+                    continue
+            if flt.perspective is not None:
+                if row is None:
+                    continue
+                score = row[4 + PERSPECTIVES.index(flt.perspective)]
+                if not flt.score_min <= score <= flt.score_max:
+                    continue
+            out.append(tid)
+        return out
+
+    def next_item(
+        self, user: str, flt: ReviewFilter = ReviewFilter(), *, after: str | None = None
+    ) -> ReviewItem | None:
+        """Lock and return the most doubtful item for ``user`` (after ``after`` in the order
+        when given, to move forward past an item), or None when the queue is empty."""
+        with self._mutex:
+            self._refresh()
+            order = self._candidates(flt)
+            start = 0
+            if after is not None and after in self._doubt:
+                try:
+                    start = order.index(after) + 1
+                except ValueError:
+                    start = 0
+            for offset in range(start, len(order), CHUNK):
+                for tid in self._eligible(flt, user, order[offset : offset + CHUNK]):
+                    item = self._take(tid, user)
+                    if item is not None:
+                        return item
+        return None
+
+    def previous_item(self, user: str, flt: ReviewFilter, before: str) -> ReviewItem | None:
+        """The item just before ``before`` in the queue order that ``user`` may open."""
+        with self._mutex:
+            self._refresh()
+            order = self._candidates(flt)
+            if before not in order:
+                return None
+            end = order.index(before)
+            for stop in range(end, 0, -CHUNK):
+                chunk = order[max(0, stop - CHUNK) : stop]
+                for tid in reversed(self._eligible(flt, user, chunk)):
+                    item = self._take(tid, user)
+                    if item is not None:
+                        return item
+        return None
+
+    def open_item(self, user: str, triplet_id: str) -> ReviewItem:
+        """Lock and return a given triplet (raises LockedError / NotFoundError)."""
+        if self.store.get_triplet(triplet_id)["edited"] is None:
+            raise StoreInputError(
+                f"Triplet {triplet_id} has no edited image (it is a benchmark input); there is "
+                "no edit to review."
+            )
+        with self._mutex:
+            self._refresh()
+            item = self._take(triplet_id, user, strict=True)
+        assert item is not None
+        return item
+
+    def _take(self, tid: str, user: str, strict: bool = False) -> ReviewItem | None:
+        triplet = self.store.get_triplet(tid)  # NotFoundError for an unknown id
+        try:
+            label = self.store.acquire_lock(tid, user, seconds=self.lock_seconds)
+        except LockedError:
+            if strict:
+                raise
+            return None  # someone took it between the check and the lock
+        except NotFoundError:  # the triplet exists, so it has no label yet
+            label = None
+        if label is None:
+            now = time.monotonic()
+            claim = self._claims.get(tid)
+            if claim and claim[0] != user and claim[1] > now:
+                if strict:
+                    raise LockedError(
+                        f"Triplet {tid} is being labelled by {claim[0]}; try again later."
+                    )
+                return None
+            self._claims[tid] = (user, now + self.lock_seconds)
+        annotations = self.store.annotations(tid, task="annotate")
+        return ReviewItem(triplet, label, self._doubt.get(tid, 10.0), annotations)
+
+    def release(self, user: str, triplet_id: str) -> None:
+        """Give an item back without deciding (e.g. when moving away from it)."""
+        self.store.release_lock(triplet_id, user)
+        with self._mutex:
+            if self._claims.get(triplet_id, ("",))[0] == user:
+                del self._claims[triplet_id]
+
+    # -- saving -------------------------------------------------------------------------------
+    def save(
+        self,
+        user: str,
+        triplet_id: str,
+        expected_version: int,
+        decision: str,
+        scores: Sequence[float],
+        texts: Sequence[str],
+        note: str | None = None,
+    ) -> LabelRecord:
+        """Record a decision: ``accept``, ``fix`` (Fix & Accept), ``reject`` or ``skip``.
+
+        ``accept`` and ``fix`` both save the displayed values; the status is ``accepted``
+        when they equal the loaded label and ``fixed`` when they differ (so a correction can
+        never be recorded as an unchanged acceptance). Raises ConflictError (the label moved
+        on), LockedError (someone else holds it) or a ValueError for bad input.
+        """
+        if decision not in DECISIONS:
+            raise ValueError(
+                f"unknown decision {decision!r}; choose one of {', '.join(DECISIONS)}."
+            )
+        rewards = Rewards.from_scores(list(scores), list(texts))
+        status = DECISIONS[decision]
+        if expected_version == 0:  # first label of an unlabelled triplet
+            record = self.store.update_label(
+                triplet_id, rewards, user=user, expected_version=0,
+                status=status or "fixed", note=note or None,
+            )  # fmt: skip
+        else:
+            record = self.store.update_label(
+                triplet_id, rewards, user=user, expected_version=expected_version,
+                status=status, note=note or None,
+            )  # fmt: skip
+        with self._mutex:
+            self._claims.pop(triplet_id, None)
+        return record
+
+    # -- progress and export -------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        """Reviewable triplets (those with an edited image) per review status."""
+        counts = dict.fromkeys((*REVIEW_STATUSES, UNLABELED), 0)
+        with self.store.db() as db:
+            for status, n in db.execute(
+                "SELECT ifnull(l.status, ?), count(*) FROM triplets t "
+                "LEFT JOIN labels l ON l.triplet_id = t.id WHERE t.edited IS NOT NULL GROUP BY 1",
+                [UNLABELED],
+            ):
+                counts[status] = n
+        return counts
+
+    def progress(self) -> list[dict[str, Any]]:
+        """Per annotator: saves, by outcome, and the median seconds per item."""
+        with self.store.db() as db:
+            rows = db.execute(
+                "SELECT user, at, action, after FROM label_history "
+                "WHERE action IN ('edit', 'review') OR (action = 'create' AND user IN "
+                "(SELECT name FROM users)) ORDER BY user, at"
+            ).fetchall()
+        per_user: dict[str, list[tuple[str, str, str]]] = {}
+        for user, at, action, after in rows:
+            per_user.setdefault(user, []).append((at, action, json.loads(after)["status"]))
+        out = []
+        for user, events in per_user.items():
+            times = [datetime.fromisoformat(at) for at, _, _ in events]
+            gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
+            gaps = [g for g in gaps if g <= BREAK_SECONDS]
+            statuses = [s for _, _, s in events]
+            out.append(
+                {
+                    "annotator": user,
+                    "saved": len(events),
+                    "accepted": statuses.count("accepted"),
+                    "fixed": statuses.count("fixed"),
+                    "rejected": statuses.count("rejected"),
+                    "skipped": statuses.count("skipped"),
+                    "median_seconds_per_item": round(statistics.median(gaps), 1) if gaps else None,
+                    "last_active": events[-1][0][:19].replace("T", " "),
+                }
+            )
+        return out
+
+    def export(self, folder: Path, *, include_unreviewed: bool = False) -> list[Path]:
+        """The labels (human corrections win, rejected left out) as CSV, JSON with provenance
+        and RewardEdit-20K JSON, written by ``data.interop.export_labels``."""
+        from data.interop import export_labels
+
+        paths = []
+        for fmt, name in (("csv", "labels.csv"), ("json", "labels.json"),
+                          ("rewardedit", "labels_rewardedit.json")):  # fmt: skip
+            export_labels(self.store, folder / name, fmt, reviewed_only=not include_unreviewed)
+            paths.append(folder / name)
+        return paths
+
+    def filter_choices(self) -> dict[str, list[str]]:
+        """Values offered by the filter dropdowns: categories and judge models."""
+        with self.store.db() as db:
+            cats = [r[0] for r in db.execute(
+                "SELECT DISTINCT category FROM triplets WHERE category IS NOT NULL ORDER BY 1"
+            )]  # fmt: skip
+            judges = [r[0] for r in db.execute(
+                "SELECT DISTINCT judge_model FROM annotations WHERE judge_model IS NOT NULL "
+                "AND task = 'annotate' ORDER BY 1"
+            )]  # fmt: skip
+        return {"category": cats, "judge": judges}

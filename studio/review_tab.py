@@ -1,0 +1,365 @@
+"""Tab 2, Review: correct the judges' labels, doubtful items first.
+
+Events (``api_name``): ``review_next`` (apply filters, take the first item), ``review_forward``
+/ ``review_back`` (arrows), ``review_open`` (a triplet by id), ``review_accept``,
+``review_fix``, ``review_reject``, ``review_skip``, ``review_progress``, ``review_export``.
+
+The item on screen lives in a server-side ``gr.State`` (its id and the label version it was
+loaded at); the browser never sends a version or a user name. A save based on a stale
+version is refused by the store and reported in the status line; the form keeps the
+annotator's values so nothing typed is lost, and the history shows who changed what.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from core.rewards import PERSPECTIVES, TITLES
+from core.store import ConflictError, LabelRecord, LockedError
+from studio.auth import CAN_REVIEW
+from studio.context import StudioContext, bind, user_errors, username
+from studio.review import STATUS_FILTERS, ReviewFilter, ReviewItem
+
+ANY = "(any)"
+ANNOTATION_COLUMNS = ["source", "prompt", *PERSPECTIVES, "failure points"]
+HISTORY_COLUMNS = ["version", "who", "when", "action", "before", "after", "note"]
+PROGRESS_COLUMNS = ["annotator", "saved", "accepted", "fixed", "rejected", "skipped",
+                    "median_seconds_per_item", "last_active"]  # fmt: skip
+
+
+def _filter(status, category, judge, perspective, score_min, score_max) -> ReviewFilter:
+    try:
+        return ReviewFilter(
+            status=status or "to review",
+            category=None if category in (None, ANY) else category,
+            judge=None if judge in (None, ANY) else judge,
+            perspective=None if perspective in (None, ANY) else perspective,
+            score_min=float(score_min if score_min is not None else 0),
+            score_max=float(score_max if score_max is not None else 5),
+        )
+    except ValueError as e:
+        raise gr.Error(str(e), print_exception=False) from e
+
+
+def difference(original: Image.Image, edited: Image.Image) -> Image.Image:
+    """|edited - original| per pixel, amplified 3x: where the edit changed the image."""
+    if edited.size != original.size:
+        edited = edited.resize(original.size, Image.Resampling.BILINEAR)
+    a = np.asarray(original.convert("RGB"), dtype=np.int16)  # (H, W, 3)
+    b = np.asarray(edited.convert("RGB"), dtype=np.int16)
+    return Image.fromarray(np.clip(np.abs(b - a) * 3, 0, 255).astype(np.uint8))
+
+
+def _scores_text(snapshot: dict[str, Any] | None) -> str:
+    if not snapshot:
+        return ""
+    r = snapshot["rewards"]
+    scores = "/".join(f"{r[p]['score']:g}" for p in PERSPECTIVES)
+    texts = "; ".join(f"{p}: {r[p]['text']}" for p in PERSPECTIVES if r[p]["text"])
+    return f"{snapshot['status']} {scores}" + (f" ({texts})" if texts else "")
+
+
+def _annotation_table(item: ReviewItem) -> pd.DataFrame:
+    rows = []
+    for a in item.annotations:
+        source = a["user"] if a["kind"] == "human" else f"{a['kind']}: {a['judge_model']}"
+        if a["status"] != "ok":
+            rows.append(
+                [source, a["prompt_version"] or "", "", "", "", f"failed: {a['failure_reason']}"]
+            )
+            continue
+        r = a["rewards"]
+        texts = "; ".join(f"{p}: {r[p].text}" for p in PERSPECTIVES if r[p].text)
+        rows.append([source, a["prompt_version"] or "", *(r[p].score for p in PERSPECTIVES), texts])
+    return pd.DataFrame(rows, columns=ANNOTATION_COLUMNS)
+
+
+def _history_table(ctx: StudioContext, triplet_id: str) -> pd.DataFrame:
+    rows = [
+        [
+            h["version"],
+            h["user"],
+            h["at"][:19].replace("T", " "),
+            h["action"],
+            _scores_text(h["before"]),
+            _scores_text(h["after"]),
+            h["note"] or "",
+        ]  # fmt: skip
+        for h in reversed(ctx.store.history(triplet_id))
+    ]
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+
+
+def _empty(message: str) -> tuple:
+    blank_scores = [gr.update(value=5) for _ in PERSPECTIVES]
+    blank_texts = [gr.update(value="") for _ in PERSPECTIVES]
+    return (
+        None, message, None, None, None,
+        pd.DataFrame(columns=ANNOTATION_COLUMNS), *blank_scores, *blank_texts, "",
+        pd.DataFrame(columns=HISTORY_COLUMNS),
+    )  # fmt: skip
+
+
+def _header(triplet: dict[str, Any], label: LabelRecord | None, doubt: float) -> str:
+    """Instruction, then "`<id>` · category · split · status (version) · doubt"."""
+    status = label.status if label else "unlabeled (no judge label yet)"
+    version = f"version {label.version}, last by {label.updated_by}" if label else "new label"
+    return (
+        f"### {triplet['instruction']}\n"
+        f"`{triplet['id']}` · category **{triplet['category'] or '–'}** · split "
+        f"{triplet['split']} · status **{status}** ({version}) · doubt {doubt:.1f}"
+    )
+
+
+def _show(ctx: StudioContext, item: ReviewItem | None, message: str = "") -> tuple:
+    """Outputs for one item, in the order of ``ITEM_OUTPUTS`` (state first)."""
+    if item is None:
+        return _empty(message or "Nothing left to review with these filters.")
+    t = item.triplet
+    original_path = ctx.store.image_path(t["original"])
+    edited_path = ctx.store.image_path(t["edited"]) if t["edited"] else original_path
+    label = item.label
+    header = _header(t, label, item.doubt)
+    prefill = item.prefill
+    scores = [prefill[p].score if prefill else 5.0 for p in PERSPECTIVES]
+    texts = [prefill[p].text if prefill else "" for p in PERSPECTIVES]
+    state = {"triplet_id": t["id"], "version": item.version, "shown_at": item.shown_at}
+    return (
+        state,
+        f"{message}\n\n{header}" if message else header,
+        str(original_path),
+        str(edited_path) if t["edited"] else None,
+        difference(Image.open(original_path), Image.open(edited_path)),
+        _annotation_table(item),
+        *scores,
+        *texts,
+        (label.note or "") if label else "",
+        _history_table(ctx, t["id"]),
+    )
+
+
+def _user(ctx: StudioContext, request: gr.Request) -> str:
+    return ctx.access.user(username(request), CAN_REVIEW, "review labels").name
+
+
+@user_errors
+def review_next(ctx: StudioContext, state, status, category, judge, perspective, lo, hi,
+                request: gr.Request):  # fmt: skip
+    """Apply the filters and take the most doubtful free item."""
+    user = _user(ctx, request)
+    flt = _filter(status, category, judge, perspective, lo, hi)
+    if state:
+        ctx.queue.release(user, state["triplet_id"])
+    return _show(ctx, ctx.queue.next_item(user, flt))
+
+
+@user_errors
+def review_forward(ctx: StudioContext, state, status, category, judge, perspective, lo, hi,
+                   request: gr.Request):  # fmt: skip
+    """Leave the current item undecided and move to the next one in the queue order."""
+    user = _user(ctx, request)
+    flt = _filter(status, category, judge, perspective, lo, hi)
+    after = state["triplet_id"] if state else None
+    if state:
+        ctx.queue.release(user, after)
+    return _show(ctx, ctx.queue.next_item(user, flt, after=after))
+
+
+@user_errors
+def review_back(ctx: StudioContext, state, status, category, judge, perspective, lo, hi,
+                request: gr.Request):  # fmt: skip
+    """Move to the previous item in the queue order (the current one stays undecided)."""
+    user = _user(ctx, request)
+    flt = _filter(status, category, judge, perspective, lo, hi)
+    if not state:
+        return _show(ctx, ctx.queue.next_item(user, flt))
+    item = ctx.queue.previous_item(user, flt, state["triplet_id"])
+    if item is None:
+        return _show(ctx, ctx.queue.open_item(user, state["triplet_id"]), "This is the first item.")
+    ctx.queue.release(user, state["triplet_id"])
+    return _show(ctx, item)
+
+
+@user_errors
+def review_open(ctx: StudioContext, state, triplet_id: str, request: gr.Request):
+    """Open one triplet by id (e.g. to look at its history), if nobody else holds it."""
+    user = _user(ctx, request)
+    triplet_id = (triplet_id or "").strip()
+    if not triplet_id:
+        raise gr.Error("Enter a triplet id to open.", print_exception=False)
+    if state and state["triplet_id"] != triplet_id:
+        ctx.queue.release(user, state["triplet_id"])
+    return _show(ctx, ctx.queue.open_item(user, triplet_id))
+
+
+def _decide(ctx: StudioContext, decision: str, state, s_f, s_p, s_q, t_f, t_p, t_q, note,
+            status, category, judge, perspective, lo, hi, request: gr.Request):  # fmt: skip
+    user = _user(ctx, request)
+    if not state:
+        raise gr.Error("No item is open; press “Load queue” first.", print_exception=False)
+    flt = _filter(status, category, judge, perspective, lo, hi)
+    tid = state["triplet_id"]
+    try:
+        record = ctx.queue.save(
+            user, tid, state["version"], decision, [s_f, s_p, s_q], [t_f, t_p, t_q], note
+        )
+    except (ConflictError, LockedError) as e:
+        # Keep the annotator's form values; refresh only the header and the history.
+        current = ctx.store.get_label(tid)
+        message = (
+            f"**Not saved.** {e} Your values are still in the form; to apply them to the "
+            f"current label, open `{tid}` again (“Open a triplet by id”)."
+        )
+        header = _header(ctx.store.get_triplet(tid), current, ctx.queue.doubt(tid))
+        return (
+            state, f"{message}\n\n{header}", gr.skip(), gr.skip(), gr.skip(), gr.skip(),
+            *(gr.skip() for _ in range(2 * len(PERSPECTIVES) + 1)),
+            _history_table(ctx, tid),
+        )  # fmt: skip
+    done = f"Saved `{tid}` as **{record.status}** (version {record.version})."
+    return _show(ctx, ctx.queue.next_item(user, flt, after=tid), done)
+
+
+def _decision_handler(decision: str):
+    @user_errors
+    def handler(ctx: StudioContext, state, s_f, s_p, s_q, t_f, t_p, t_q, note,
+                status, category, judge, perspective, lo, hi, request: gr.Request):  # fmt: skip
+        return _decide(ctx, decision, state, s_f, s_p, s_q, t_f, t_p, t_q, note,
+                       status, category, judge, perspective, lo, hi, request)  # fmt: skip
+
+    handler.__name__ = f"review_{decision}"
+    handler.__doc__ = (
+        f"Save the displayed label with the decision “{decision}”, then load the next item."
+    )
+    return handler
+
+
+@user_errors
+def review_progress(ctx: StudioContext, request: gr.Request):
+    """Counts per review status and per-annotator progress with time per item."""
+    _user(ctx, request)
+    counts = ctx.queue.counts()
+    total = sum(counts.values())
+    done = counts["accepted"] + counts["fixed"] + counts["rejected"]
+    summary = f"**{done} of {total}** triplets reviewed · " + " · ".join(
+        f"{k} {v}" for k, v in counts.items()
+    )
+    return summary, pd.DataFrame(ctx.queue.progress(), columns=PROGRESS_COLUMNS)
+
+
+@user_errors
+def review_export(ctx: StudioContext, include_unreviewed: bool, request: gr.Request):
+    """Write the labels (human corrections win) as CSV, JSON and RewardEdit-20K JSON."""
+    _user(ctx, request)
+    folder = ctx.export_folder("labels")
+    return [str(p) for p in ctx.queue.export(folder, include_unreviewed=include_unreviewed)]
+
+
+def filter_choices(ctx: StudioContext) -> tuple:
+    choices = ctx.queue.filter_choices()
+    return (
+        gr.update(choices=[ANY, *choices["category"]]),
+        gr.update(choices=[ANY, *choices["judge"]]),
+    )
+
+
+def build_review_tab(ctx: StudioContext) -> dict[str, Any]:
+    """Build the tab; returns the components ``app.py`` refreshes on page load."""
+    gr.Markdown(
+        "Judge labels come pre-filled; correct scores and failure points, then decide. "
+        "**Keys:** `0`–`5` set the highlighted score (↑/↓ choose the perspective), "
+        "`Enter` accepts (Fix & Accept when you changed something), `←`/`→` move, "
+        "`r` rejects, `s` skips."
+    )
+    with gr.Row():
+        status = gr.Dropdown(
+            list(STATUS_FILTERS), value="to review", label="Status", elem_id="review-f-status"
+        )
+        choices = ctx.queue.filter_choices()  # refreshed on every page load
+        category = gr.Dropdown([ANY, *choices["category"]], value=ANY, label="Category",
+                               allow_custom_value=True, elem_id="review-f-category")  # fmt: skip
+        judge = gr.Dropdown([ANY, *choices["judge"]], value=ANY, label="Judge",
+                            allow_custom_value=True, elem_id="review-f-judge")  # fmt: skip
+        perspective = gr.Dropdown([ANY, *PERSPECTIVES], value=ANY, label="Perspective")
+        lo = gr.Number(0, label="Score ≥", minimum=0, maximum=5, step=0.5)
+        hi = gr.Number(5, label="Score ≤", minimum=0, maximum=5, step=0.5)
+        load = gr.Button("Load queue", variant="primary", elem_id="review-load")
+    header = gr.Markdown(elem_id="review-header")
+    with gr.Row():
+        shown = dict(interactive=False, format="png", height=280, elem_classes=["mrc-pixels"])
+        original = gr.Image(label="Original", type="filepath", **shown)
+        edited = gr.Image(label="Edited", type="filepath", **shown)
+        diff = gr.Image(label="Difference ×3", type="pil", **shown)
+    annotations = gr.Dataframe(
+        headers=ANNOTATION_COLUMNS, label="Judge and human annotations", interactive=False
+    )
+    scores, texts = [], []
+    for p in PERSPECTIVES:
+        with gr.Row(elem_id=f"review-row-{p}", elem_classes=["mrc-hotkey-row"]):
+            scores.append(gr.Slider(0, 5, value=5, step=0.5, label=TITLES[p], scale=1,
+                                    elem_id=f"review-score-{p}"))  # fmt: skip
+            texts.append(gr.Textbox(label=f"{TITLES[p]}: failure points", scale=2, lines=1,
+                                    elem_id=f"review-text-{p}"))  # fmt: skip
+    note = gr.Textbox(label="Note (optional)", lines=1, elem_id="review-note")
+    with gr.Row():
+        back = gr.Button("← Previous", elem_id="review-back")
+        accept = gr.Button("Accept", variant="primary", elem_id="review-accept")
+        fix = gr.Button("Fix & Accept", variant="primary", elem_id="review-fix")
+        reject = gr.Button("Reject", variant="stop", elem_id="review-reject")
+        skip = gr.Button("Skip", elem_id="review-skip")
+        forward = gr.Button("Next →", elem_id="review-forward")
+    history = gr.Dataframe(
+        headers=HISTORY_COLUMNS, label="History (newest first)", interactive=False
+    )
+    with gr.Accordion("Open a triplet by id", open=False):
+        with gr.Row():
+            open_id = gr.Textbox(label="Triplet id", scale=3)
+            open_btn = gr.Button("Open", scale=1)
+    with gr.Accordion("Progress and export", open=False):
+        progress_md = gr.Markdown()
+        progress_df = gr.Dataframe(
+            headers=PROGRESS_COLUMNS, label="Per annotator", interactive=False
+        )
+        refresh = gr.Button("Refresh progress")
+        include = gr.Checkbox(False, label="Include unreviewed judge labels in the export")
+        export = gr.Button("Export labels (CSV, JSON, RewardEdit-20K JSON)")
+        files = gr.File(label="Exported labels", file_count="multiple", interactive=False)
+
+    state = gr.State(None)
+    filters = [status, category, judge, perspective, lo, hi]
+    item_outputs = [
+        state,
+        header,
+        original,
+        edited,
+        diff,
+        annotations,
+        *scores,
+        *texts,
+        note,
+        history,
+    ]
+    load.click(bind(review_next, ctx), [state, *filters], item_outputs, api_name="review_next")
+    forward.click(
+        bind(review_forward, ctx), [state, *filters], item_outputs, api_name="review_forward"
+    )
+    back.click(bind(review_back, ctx), [state, *filters], item_outputs, api_name="review_back")
+    open_btn.click(bind(review_open, ctx), [state, open_id], item_outputs, api_name="review_open")
+    form = [state, *scores, *texts, note, *filters]
+    for button, decision in ((accept, "accept"), (fix, "fix"), (reject, "reject"), (skip, "skip")):
+        button.click(
+            bind(_decision_handler(decision), ctx),
+            form,
+            item_outputs,
+            api_name=f"review_{decision}",
+        )
+    refresh.click(
+        bind(review_progress, ctx), None, [progress_md, progress_df], api_name="review_progress"
+    )
+    export.click(bind(review_export, ctx), [include], [files], api_name="review_export")
+    return {"category": category, "judge": judge}

@@ -1,0 +1,117 @@
+"""Shared set-up for the studio tests: a small store, the tiny model, a running app.
+
+The store is built from seeded random images (no Shapes generator needed), with two judges
+that disagree on some triplets (so the doubt order is non-trivial), one label per triplet,
+two benchmark runs with distinctive names (so the blind tests can look for leaks) and one
+judge verdict per output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from core.store import Store
+
+SYSTEM_A = "secret-system-alpha"  # run names: must never reach a rater
+SYSTEM_B = "secret-system-bravo"
+MODEL_A = "model-ALPHA-weights"
+MODEL_B = "model-BRAVO-weights"
+PASSWORD = "correct horse battery"
+USERS = {"ada": "admin", "alice": "annotator", "bob": "annotator", "rita": "rater", "raul": "rater"}
+
+
+def _image(rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """A flat colour with a rectangle of another colour: compresses well, never identical."""
+    img = np.empty((size, size, 3), np.uint8)
+    img[:] = rng.integers(0, 256, 3)
+    x, y = rng.integers(0, size // 2, 2)
+    img[y : y + size // 3, x : x + size // 3] = rng.integers(0, 256, 3)
+    return img
+
+
+def build_store(path: str | Path, *, n_train: int = 8, n_bench: int = 6, seed: int = 0) -> Store:
+    """A store with ``n_train`` labelled triplets, ``n_bench`` benchmark items and two runs."""
+    rng = np.random.default_rng(seed)
+    store = Store(path)
+    for name, role in USERS.items():
+        store.add_user(name, role, PASSWORD)
+    items = [
+        dict(original=_image(rng), edited=_image(rng), instruction=f"make shape {i} blue",
+             category=("local", "remove")[i % 2], split="train")
+        for i in range(n_train)
+    ]  # fmt: skip
+    ids = store.add_triplets(items, progress=False)
+    labels = []
+    for i, tid in enumerate(ids):
+        scores = {"following": 4, "preserving": 5, "quality": 3}
+        texts = {"following": "the shape is only partly blue", "preserving": "", "quality": "noise"}
+        ann = {p: {"score": s, "text": texts[p]} for p, s in scores.items()}
+        labels.append(store.add_annotation(tid, kind="judge", judge_model="judge-one",
+                                           prompt_version="v1", rewards=ann))  # fmt: skip
+        other = dict(ann, following={"score": 4 - (i % 3), "text": texts["following"]})
+        store.add_annotation(tid, kind="oracle", judge_model="shapes-oracle-v1", rewards=other)
+    store.set_labels_from_annotations(labels)
+    bench = [
+        dict(original=_image(rng), edited=None, instruction=f"turn item {i} red",
+             category="local", split="benchmark", target=_image(rng))
+        for i in range(n_bench)
+    ]  # fmt: skip
+    bench_ids = store.add_triplets(bench, progress=False)
+    for run_name, model in ((SYSTEM_A, MODEL_A), (SYSTEM_B, MODEL_B)):
+        run = store.create_run(run_name, model, settings={"note": f"{run_name} settings"})
+        for tid in bench_ids:
+            out = store.add_output(run, tid, _image(rng))
+            verdict = {p: {"yes": True, "score": float(rng.integers(2, 6))} for p in
+                       ("following", "preserving", "quality")}  # fmt: skip
+            store.add_verdict(out, judge_model="judge-one", prompt_version="v1", verdict=verdict)
+    return store
+
+
+def triplet_ids(store: Store, split: str = "train") -> list[str]:
+    return [t["id"] for t in store.list_triplets(split=split)]
+
+
+_MODEL = None
+
+
+def tiny_model():
+    """The randomly initialised tiny model, built once per test process."""
+    global _MODEL
+    if _MODEL is None:
+        from studio.model import load_edit_model
+
+        _MODEL = load_edit_model(None, "cpu")
+    return _MODEL
+
+
+@contextlib.contextmanager
+def serve(ctx, *, auth: bool | None = None) -> Iterator[str]:
+    """Launch the studio for ``ctx`` on a free local port; yields its URL.
+
+    ``auth`` defaults to what the context's policy asks for; ``auth=False`` launches without
+    login even when the policy requires it (a misconfigured public server).
+    """
+    from studio.app import build_demo, launch_kwargs
+
+    demo = build_demo(ctx)
+    kwargs = launch_kwargs(ctx, "127.0.0.1", None)
+    if auth is False:
+        kwargs.pop("auth", None)
+        kwargs.pop("auth_message", None)
+    demo.launch(prevent_thread_lock=True, quiet=True, **kwargs)
+    try:
+        yield demo.local_url.rstrip("/") + "/"
+    finally:
+        demo.close()
+
+
+def client(url: str, user: str | None = None):
+    from gradio_client import Client
+
+    auth = (user, PASSWORD) if user else None
+    return Client(url, auth=auth, verbose=False, download_files=os.environ.get("TMPDIR", "/tmp"))

@@ -1,0 +1,120 @@
+"""Benchmark sources that live in other parts of MRC Studio: Shapes-Edit and store selections.
+
+Kept apart from :mod:`train.benchmarks_data` (items, Real-Edit, folders) because they depend on
+``data.shapes`` and ``core.store``; :func:`train.benchmarks_data.load_benchmark` reaches them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+from PIL import Image
+
+from train.benchmarks_data import Benchmark, BenchmarkError, BenchmarkItem, normalise_category
+
+SHAPES_DEFAULTS = {"seed": 0, "size": 64, "scenes": 80}  # Shapes-Edit as data.shapes.synth makes it
+
+
+def load_shapes(source: str | Path | None = None) -> Benchmark:
+    """Shapes-Edit: 80 scenes x 7 categories = 560 items with exact ground truth.
+
+    :param source: ``None`` or ``"?seed=S&size=PX&scenes=N"`` generates the benchmark in memory
+        with :func:`data.shapes.bench_scene` (deterministic: the same items as the ``bench``
+        split that ``python -m data synth`` writes with those settings); a folder path reads
+        that folder's ``bench`` split with :func:`data.shapes.load_split`.
+
+    Each item's judge context is its Shapes meta (``size``, ``scene``, ``edit``): everything the
+    oracle needs, also stored with the item's triplet.
+    """
+    from data.shapes import SynthConfig, bench_scene, load_split
+
+    text = "" if source is None else str(source)
+    if not text or text.startswith("?"):
+        opts = dict(SHAPES_DEFAULTS)
+        for key, value in parse_qsl(text.lstrip("?"), keep_blank_values=True):
+            if key not in opts:
+                raise BenchmarkError(
+                    f"unknown Shapes option {key!r}; use seed, size and scenes (e.g. shapes?size=32)."
+                )
+            try:
+                opts[key] = int(value)
+            except ValueError:
+                raise BenchmarkError(f"Shapes option {key}={value!r} must be an integer.") from None
+        try:
+            cfg = SynthConfig(train=0, bench=opts["scenes"], seed=opts["seed"], size=opts["size"])
+            triplets = [t for i in range(cfg.bench) for t in bench_scene(i, cfg)]
+        except ValueError as e:
+            raise BenchmarkError(f"cannot generate Shapes-Edit with {opts}: {e}") from e
+        items = [
+            BenchmarkItem(
+                t.id,
+                t.edit.instruction,
+                Image.fromarray(t.original),
+                t.edit.category,
+                target=Image.fromarray(t.target),
+                context=t.meta,
+            )  # fmt: skip
+            for t in triplets
+        ]
+        source_text = "generated: " + ", ".join(f"{k}={v}" for k, v in opts.items())
+        return Benchmark("shapes", items, source_text)
+    folder = Path(text).expanduser()
+    try:
+        rows = load_split(folder, "bench")
+    except ValueError as e:  # ShapesFolderError is a ValueError
+        raise BenchmarkError(str(e)) from e
+    items = [
+        BenchmarkItem(
+            r.id,
+            r.instruction,
+            r.original,
+            normalise_category(r.category),
+            target=r.target,
+            context=dict(r.meta),
+        )  # fmt: skip
+        for r in rows
+    ]
+    return Benchmark("shapes", items, str(folder))
+
+
+def load_store_selection(
+    store_path: str | Path,
+    *,
+    split: str | None = None,
+    source: str | None = None,
+    category: str | None = None,
+    name: str | None = None,
+) -> Benchmark:
+    """Triplets of the studio's store as benchmark items (input, instruction, category, target).
+
+    The item id is the triplet's ``external_id`` when every selected triplet has a distinct one,
+    else the triplet id. Triplet ``meta`` becomes the judge context (e.g. Shapes ground truth).
+    """
+    from core.store import Store
+
+    path = Path(store_path).expanduser()
+    if not path.is_file():
+        raise BenchmarkError(f"store {path} does not exist.")
+    store = Store(path)
+    rows = store.list_triplets(split=split, source=source, category=category)
+    if not rows:
+        raise BenchmarkError(
+            f"store {path} has no triplets with split={split!r}, source={source!r}, "
+            f"category={category!r}."
+        )
+    external = [r["external_id"] for r in rows]
+    use_external = all(external) and len(set(external)) == len(external)
+    items = [
+        BenchmarkItem(
+            item_id=r["external_id"] if use_external else r["id"],
+            instruction=r["instruction"],
+            image=store.image_path(r["original"]),
+            category=normalise_category(r["category"]),
+            target=store.image_path(r["target"]) if r["target"] else None,
+            context=dict(r["meta"]),
+        )
+        for r in rows
+    ]
+    label = name or "store" + "".join(f"-{v}" for v in (split, source, category) if v)
+    return Benchmark(label, items, str(path))

@@ -1,0 +1,79 @@
+"""Reference metrics of every output of a run (L1 / PSNR to ground truth, CLIP-I / CLIP-T).
+
+Computed in one batched pass per run (see :func:`train.metrics.compute_metrics`) and cached in a
+JSON file keyed by (output image hash, benchmark triplet, CLIP model), so a resumed run only
+measures new outputs. The table has one row per (system, item) with an output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+
+from train.metrics import ClipConfig, ClipScorer, MetricInput, compute_metrics
+
+
+def _key(output_hash: str, triplet_id: str, clip: str | None) -> str:
+    return f"{output_hash}|{triplet_id}|{clip or '-'}"
+
+
+def compute_run_metrics(
+    run: Any, cache_path: str | Path, clip_model: str | None = None, device: str = "cpu"
+) -> pd.DataFrame:
+    """Metrics of every output in ``run`` (a :class:`~train.evaluate.runner.BenchmarkRun`)."""
+    cache_path = Path(cache_path)
+    cache: dict[str, dict[str, float]] = {}
+    if cache_path.is_file():
+        try:
+            cache = json.loads(cache_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            cache = {}  # a damaged cache is only a cache: recompute everything
+    todo: list[tuple[str, str, str, Any]] = []  # (key, system, item_id, output row)
+    rows = []
+    for name, state in run.states.items():
+        for item_id, out in state.outputs.items():
+            key = _key(out["image"], run.triplet_of[item_id], clip_model)
+            if key in cache:
+                rows.append({"system": name, "item_id": item_id, **cache[key]})
+            else:
+                todo.append((key, name, item_id, out))
+    if todo:
+        clip = ClipScorer(ClipConfig(clip_model, device=device)) if clip_model else None
+        chunk = 256  # bounds the images held in memory at once
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            inputs = []
+            for _, _, item_id, out in part:
+                item = run.items[item_id]
+                with Image.open(run.store.image_path(out["image"])) as im:
+                    output = im.convert("RGB")
+                inputs.append(
+                    MetricInput(
+                        output,
+                        item.load_image(),
+                        item.instruction,
+                        item.load_target(),
+                        item.target_caption,
+                    )  # fmt: skip
+                )
+            for (key, name, item_id, _), m in zip(part, compute_metrics(inputs, clip)):
+                cache[key] = m
+                rows.append({"system": name, "item_id": item_id, **m})
+        _write_atomic(cache_path, json.dumps(cache))
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame.insert(2, "category", frame["item_id"].map(lambda i: run.items[i].category))
+    return frame
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)

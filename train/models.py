@@ -1,0 +1,329 @@
+"""The models of a run: frozen encoders, the trained UNet (+ reward module), the noise schedule.
+
+Weights come from one of two places (``TrainConfig.model``):
+
+* ``"tiny"``: fresh, seeded, Stable-Diffusion-shaped components from :mod:`core.tiny` (an
+  ``AutoencoderKL``, a ``CLIPTextModel`` with its ``CLIPTokenizer``, an InstructPix2Pix
+  ``UNet2DConditionModel`` and a scheduler), sized by ``tiny_config``;
+* a pipeline folder or hub id, loaded with ``MRCInstructPix2PixPipeline.from_pretrained``: a
+  stock InstructPix2Pix folder (``timbrooks/instruct-pix2pix`` layout, e.g. a stage-1 output)
+  gets a fresh identity reward module, an MRC folder brings its own.
+
+Stage 1 trains the UNet alone; stage 2 wraps it with the reward module in
+:class:`~core.mrc_unet.MRCUNet` and trains both (``trainable="all"``) or the reward module only
+(``"reward"``). VAE and text encoder are frozen in both. Stage 0 exists for models built from
+scratch (the Shapes demo): it trains only the ``AutoencoderKL`` as an autoencoder, so that the
+later stages have a VAE that can actually decode; its output folder is the ``model`` of stage 1/2. The prediction type and an optional beta
+schedule override are written into the scheduler config, so the exported pipeline samples with
+the same parameterisation it was trained with.
+
+:func:`export_pipeline` writes the result: stage 1 in diffusers' stock
+``StableDiffusionInstructPix2PixPipeline`` layout (loadable by diffusers itself, and by
+``MRCInstructPix2PixPipeline.from_pretrained`` which adds an identity reward module), stage 2 as
+an ``MRCInstructPix2PixPipeline`` folder with its ``reward_module``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler
+
+from core.mrc import MultiRewardCondition
+from core.mrc_unet import MRCUNet
+
+
+@dataclass
+class Models:
+    vae: Any  # AutoencoderKL, frozen
+    text_encoder: Any  # CLIPTextModel, frozen
+    tokenizer: Any
+    unet: Any  # UNet2DConditionModel (trained)
+    scheduler: Any  # the inference scheduler saved with the pipeline
+    noise_scheduler: DDPMScheduler  # the training forward process (same betas)
+    reward_module: MultiRewardCondition | None  # stage 2 only
+    source: str  # where the weights came from, for the run report
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def native_resolution(self) -> int:
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    def trained_module(self, stage: int) -> torch.nn.Module:
+        """What the optimizer sees: the VAE (stage 0), the UNet (stage 1) or MRCUNet."""
+        if stage == 0:
+            return AutoencoderStep(self.vae)
+        if self.reward_module is None:
+            return self.unet
+        return MRCUNet(self.unet, self.reward_module)
+
+    def encoder_hash(self) -> str:
+        """A content hash of the frozen encoders and the tokenizer (part of the cache key)."""
+        h = hashlib.sha256(b"mrc-train-encoders-v1")
+        for module in (self.vae, self.text_encoder):
+            h.update(type(module).__name__.encode())
+            for name, t in sorted(module.state_dict().items()):
+                h.update(name.encode())
+                h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
+                h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        vocab = self.tokenizer.get_vocab()
+        h.update(repr(sorted(vocab.items())).encode())
+        h.update(repr(self.tokenizer.model_max_length).encode())
+        return h.hexdigest()
+
+
+class AutoencoderStep(torch.nn.Module):
+    """Stage 0's trained module: encode, sample with the given noise, decode (one forward, so
+    DDP sees it). Returns the reconstruction and the posterior's mean and log-variance."""
+
+    def __init__(self, vae: Any):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, pixels: torch.Tensor, eps: torch.Tensor):
+        dist = self.vae.encode(pixels).latent_dist
+        z = dist.mean + dist.std * eps  # (B, C, h, w)
+        return self.vae.decode(z).sample, dist.mean, dist.logvar  # (B, 3, H, W), ...
+
+
+# -- pixel space through a stock AutoencoderKL ----------------------------------------------------
+
+PIXEL_WIDTH = 12  # VAE channels: per colour [x, -x, +M, -M], 3 GroupNorm groups of 4
+_M, _B = 300.0, 20.0  # constant-channel magnitude, SiLU offset (see identity_vae)
+
+
+def identity_vae(image_size: int) -> AutoencoderKL:
+    """A stock ``AutoencoderKL`` whose weights make it the identity map: latents = RGB pixels.
+
+    Pixel-space diffusion through the unchanged Stable Diffusion component types and pipeline.
+    One level (downsample 1), 3 latent channels, ``scaling_factor`` 1, residual branches zeroed
+    (a ResNet block with a zero ``conv2`` returns its input exactly). What remains is
+    ``conv_in -> GroupNorm -> SiLU -> conv_out``, made transparent:
+
+    * ``conv_in`` lifts each colour ``x`` into a group of four channels ``[x, -x, +M, -M]``, so the
+      group's mean is exactly 0 and its variance ``(mean(x^2) + M^2) / 2``; a GroupNorm gain of
+      ``M / sqrt(2)`` then returns ``x (1 + mean(x^2)/M^2)^(-1/2)``, within ``1/(2 M^2)`` of ``x``;
+    * a GroupNorm bias of ``B`` moves ``x`` to where SiLU is the identity up to ``B e^-B``;
+    * ``conv_out`` reads ``x + B`` back and subtracts ``B``; the encoder's log-variance is -30.
+
+    Round trips are exact to ~1e-5 (tests check it): far below one 8-bit grey level.
+    """
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        block_out_channels=(PIXEL_WIDTH,),
+        layers_per_block=1,
+        latent_channels=3,
+        norm_num_groups=3,
+        sample_size=image_size,
+        scaling_factor=1.0,
+        mid_block_add_attention=False,
+    )
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.zero_()
+        for m in vae.modules():
+            if isinstance(m, torch.nn.GroupNorm):
+                m.weight.fill_(1.0)  # zero gains would be fine too; keep norms well-defined
+        for coder in (vae.encoder, vae.decoder):
+            for c in range(3):
+                coder.conv_in.weight[4 * c, c, 1, 1] = 1.0  # centre tap: exact at borders
+                coder.conv_in.weight[4 * c + 1, c, 1, 1] = -1.0
+                coder.conv_in.bias[4 * c + 2] = _M
+                coder.conv_in.bias[4 * c + 3] = -_M
+                coder.conv_norm_out.weight[4 * c] = _M / math.sqrt(2.0)
+                coder.conv_norm_out.bias[4 * c] = _B
+                coder.conv_out.weight[c, 4 * c, 1, 1] = 1.0
+                coder.conv_out.bias[c] = -_B
+        vae.encoder.conv_out.bias[3:] = -30.0  # log-variance: std = e^-15
+        vae.quant_conv.weight[:, :, 0, 0] = torch.eye(6)
+        vae.post_quant_conv.weight[:, :, 0, 0] = torch.eye(3)
+    return vae.eval()
+
+
+def tiny_config_from(overrides: dict[str, Any], pixel_space: bool = False):
+    from core.tiny import TinyConfig
+
+    kw = {}
+    for f in dataclasses.fields(TinyConfig):
+        if f.name in overrides:
+            v = overrides[f.name]
+            kw[f.name] = tuple(v) if isinstance(v, list) else v
+    bad = [w for w in kw.get("words", ()) if not isinstance(w, str)]
+    if bad:
+        raise ValueError(
+            f"tiny_config.words must be strings; got {bad!r} (YAML reads unquoted on/no/yes/off "
+            "as booleans: quote every word)."
+        )
+    if pixel_space:
+        fixed = {"latent_channels": 3, "vae_channels": (PIXEL_WIDTH,)}
+        clash = {k: kw[k] for k in fixed if k in kw and kw[k] != fixed[k]}
+        if clash:
+            raise ValueError(
+                f"pixel_space fixes the VAE ({fixed}); remove {sorted(clash)} from tiny_config."
+            )
+        kw.update(fixed)
+    return TinyConfig(**kw)
+
+
+def build_models(cfg: Any) -> Models:
+    """Load or build the run's models according to ``cfg`` (a TrainConfig)."""
+    from core.pipeline import MRCInstructPix2PixPipeline
+
+    if cfg.model == "tiny":
+        from core.tiny import build_components
+
+        tcfg = tiny_config_from(cfg.tiny_config, cfg.pixel_space)
+        parts = build_components(tcfg, seed=cfg.model_seed)
+        if cfg.pixel_space:
+            parts["vae"] = identity_vae(tcfg.image_size)
+        reward_module = None
+        space = "pixel space, " if cfg.pixel_space else ""
+        source = (
+            f"tiny ({space}seed {cfg.model_seed}): {dataclasses.asdict(tcfg) | {'words': '...'}}"
+        )
+    else:
+        pipe = MRCInstructPix2PixPipeline.from_pretrained(cfg.model)
+        parts = dict(
+            vae=pipe.vae,
+            text_encoder=pipe.text_encoder,
+            tokenizer=pipe.tokenizer,
+            unet=pipe.unet,
+            scheduler=pipe.scheduler,
+        )
+        index = MRCInstructPix2PixPipeline.load_config(cfg.model)  # model_index.json
+        has_module = (index.get("reward_module") or [None])[0] is not None
+        reward_module = pipe.reward_module if has_module else None
+        source = cfg.model
+    if cfg.stage == 2 and reward_module is None:
+        torch.manual_seed(cfg.model_seed + 3)
+        reward_module = MultiRewardCondition.from_unet_config(
+            parts["unet"].config,
+            parts["text_encoder"].config.hidden_size,
+            text_mode=cfg.reward_text_mode,
+        )
+    if cfg.stage in (0, 1):
+        reward_module = None
+
+    overrides: dict[str, Any] = {"prediction_type": cfg.prediction_type}
+    if cfg.beta_schedule:
+        overrides["beta_schedule"] = cfg.beta_schedule
+    if cfg.beta_start:
+        overrides["beta_start"] = cfg.beta_start
+    if cfg.beta_end:
+        overrides["beta_end"] = cfg.beta_end
+    sched = parts["scheduler"]
+    scheduler = type(sched).from_config(sched.config, **overrides)
+    noise_scheduler = DDPMScheduler.from_config(sched.config, **overrides)
+
+    vae, text_encoder = parts["vae"], parts["text_encoder"]
+    for frozen in (vae, text_encoder):
+        frozen.requires_grad_(False).eval()
+    unet = parts["unet"]
+    unet.train()
+    if cfg.stage == 0:
+        unet.requires_grad_(False).eval()
+        vae.train()
+    if reward_module is not None:
+        reward_module.train()
+    return Models(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=parts["tokenizer"],
+        unet=unet,
+        scheduler=scheduler,
+        noise_scheduler=noise_scheduler,
+        reward_module=reward_module,
+        source=source,
+    )
+
+
+def set_trainable(models: Models, stage: int, trainable: str) -> list[torch.nn.Parameter]:
+    """Freeze/unfreeze per stage; returns the parameters the optimizer updates."""
+    if stage == 0:
+        models.vae.requires_grad_(True)
+        return list(models.vae.parameters())
+    models.unet.requires_grad_(stage == 1 or trainable == "all")
+    if models.reward_module is not None:
+        models.reward_module.requires_grad_(True)
+    params = [p for p in models.unet.parameters() if p.requires_grad]
+    if models.reward_module is not None:
+        params += list(models.reward_module.parameters())
+    return params
+
+
+@torch.no_grad()
+def calibrate_scaling_factor(vae: Any, pixels: torch.Tensor) -> float:
+    """SD's recipe: ``scaling_factor = 1 / std`` of the latents of training images, so that the
+    scaled latents the UNet denoises have unit variance. Written into the VAE config."""
+    was_training = vae.training
+    vae.eval()
+    z = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mean.float()
+    vae.train(was_training)
+    factor = float(1.0 / z.std().clamp_min(1e-6))
+    vae.register_to_config(scaling_factor=factor)
+    return factor
+
+
+def build_pipeline(models: Models, mrc_unet: MRCUNet | None = None):
+    """An ``MRCInstructPix2PixPipeline`` over the run's (live) modules, for validation.
+
+    Pass the trainer's own ``mrc_unet`` wrapper in stage 2: a second wrapper around the same UNet
+    would take over its reward hooks (the newest wrapper owns them).
+    """
+    from core.pipeline import MRCInstructPix2PixPipeline
+
+    pipe = MRCInstructPix2PixPipeline(
+        vae=models.vae,
+        text_encoder=models.text_encoder,
+        tokenizer=models.tokenizer,
+        unet=models.unet,
+        scheduler=models.scheduler,
+        reward_module=models.reward_module,
+    )
+    if mrc_unet is not None:
+        pipe._mrc_unet = mrc_unet  # reuse the training wrapper (see docstring)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def export_pipeline(models: Models, path: str | Path) -> Path:
+    """Save the trained pipeline folder (see module docstring for the two layouts)."""
+    path = Path(path)
+    if models.reward_module is None:
+        from diffusers import StableDiffusionInstructPix2PixPipeline
+
+        pipe = StableDiffusionInstructPix2PixPipeline(
+            vae=models.vae,
+            text_encoder=models.text_encoder,
+            tokenizer=models.tokenizer,
+            unet=models.unet,
+            scheduler=models.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    else:
+        from core.pipeline import MRCInstructPix2PixPipeline
+
+        pipe = MRCInstructPix2PixPipeline(
+            vae=models.vae,
+            text_encoder=models.text_encoder,
+            tokenizer=models.tokenizer,
+            unet=models.unet,
+            scheduler=models.scheduler,
+            reward_module=models.reward_module,
+        )
+    pipe.save_pretrained(path)
+    return path
