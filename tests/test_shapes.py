@@ -503,3 +503,12 @@ def test_data_cli_registers_every_listed_subcommand_module():
     assert "synth" in sub.choices and len(sub.choices) >= len(COMMAND_MODULES)
     with pytest.raises(SystemExit):
         parser.parse_args([])  # a subcommand is required
+
+
+def test_wrong_object_corruption_skips_when_no_shape_is_distinct():
+    """Regression: at 32 px a tiny added object looks alike in every shape; the 'wrong object'
+    corruption must then be skipped (another one is drawn), not crash the whole synth run."""
+    from data.shapes.synth import SynthConfig, train_triplet
+
+    t = train_triplet(1616, SynthConfig(train=60000, size=32, seed=0))  # crashed before the fix
+    assert t.edited is not None and t.edited.shape == (32, 32, 3)

@@ -237,6 +237,8 @@ def _wrong_object(scene: Scene, edit: Edit, rng: np.random.Generator):
             o = object_mask(new.replace(shape=s), scene.size)
             if (o & m).sum() < 0.6 * (o | m).sum():
                 unlike.append(s)
+        if not unlike:  # at small sizes a tiny object looks alike in every shape: not applicable
+            return None
         shape = _choose(rng, unlike)
         obj = {**p["object"], "shape": shape}
         return Edit("add", {**p, "object": obj}), {"shape": shape}
