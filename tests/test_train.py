@@ -265,6 +265,43 @@ def test_stage0_trains_the_vae_and_sets_its_scaling_factor(data, tmp_path):
     assert any(not torch.equal(fresh[k], v) for k, v in vae.state_dict().items())
 
 
+def test_validation_mid_run_does_not_change_the_trajectory(data, tmp_path):
+    a, b = tmp_path / "plain", tmp_path / "validated"
+    kw = dict(max_train_steps=4, use_ema=True)
+    train(TrainConfig.from_dict(settings(data, a, **kw)))
+    train(TrainConfig.from_dict(settings(data, b, **kw, validation_steps=2, num_validation_images=2,
+                                         validation_inference_steps=2)))  # fmt: skip
+    assert losses(a) == losses(b)  # bit for bit: validation uses its own RNG and the EMA swap
+    assert sorted(p.name for p in (b / "validation").iterdir()) == [
+        "step-0000002.png",
+        "step-0000004.png",
+    ]
+    grid = Image.open(b / "validation" / "step-0000002.png")
+    assert grid.size == (4 * 128, 2 * 128)  # input | target | edit @5/5/5 | edit @0/5/5
+
+
+def test_bf16_run_with_checkpointing_exports_the_float32_encoders_unchanged(data, tmp_path):
+    from accelerate.state import AcceleratorState
+    from transformers import CLIPTextModel
+
+    from train.models import build_models
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # other tests ran without bf16
+    kw = dict(mixed_precision="bf16", gradient_checkpointing=True, max_train_steps=2,
+              validation_steps=2, num_validation_images=1, validation_inference_steps=2)  # fmt: skip
+    cfg = TrainConfig.from_dict(settings(data, tmp_path / "bf16", **kw))
+    try:
+        path = train(cfg)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert np.isfinite(losses(tmp_path / "bf16")).all()
+    fresh = build_models(cfg).text_encoder.state_dict()
+    saved = CLIPTextModel.from_pretrained(path, subfolder="text_encoder").state_dict()
+    assert all(
+        saved[k].dtype == torch.float32 and torch.equal(saved[k], v) for k, v in fresh.items()
+    )
+
+
 # -- exact resume -----------------------------------------------------------------------------------
 
 
@@ -304,6 +341,8 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(data, tmp_path):
 def test_resume_refuses_changed_run_settings(data, tmp_path):
     out = tmp_path / "run"
     train(TrainConfig.from_dict(settings(data, out, max_train_steps=2, checkpointing_steps=2)))
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        train(TrainConfig.from_dict(settings(data, out, max_train_steps=2)))  # fresh run: refused
     changed = settings(data, out, max_train_steps=4, seed=1, resume_from_checkpoint="latest")
     with pytest.raises(ValueError, match="seed: checkpoint has 0, this run has 1"):
         train(TrainConfig.from_dict(changed))
@@ -314,6 +353,12 @@ def test_resume_refuses_changed_run_settings(data, tmp_path):
         )
     )
     assert [m["step"] for m in read_metrics(out)] == [1, 2, 3]
+    # Ending at an earlier checkpoint exports it without training (cutting two runs to one step).
+    (out / "pipeline" / "model_index.json").unlink()
+    ck2 = str(out / "checkpoint-2")
+    train(TrainConfig.from_dict(settings(data, out, max_train_steps=2, resume_from_checkpoint=ck2)))
+    assert [m["step"] for m in read_metrics(out)] == [1, 2]
+    assert (out / "pipeline" / "model_index.json").is_file()
 
 
 # -- bad data ---------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from train.cache import FrozenEncoders, build_or_load, cache_key
 from train.checkpoints import (
     MetricsLog,
     Progress,
+    list_checkpoints,
     prune_checkpoints,
     resolve_resume,
     save_checkpoint,
@@ -76,6 +77,11 @@ def train(cfg: TrainConfig) -> Path:
     main = accelerator.is_main_process
     _warn_single_cpu_process(accelerator)
     resume = resolve_resume(out, cfg.resume_from_checkpoint)
+    if resume is None and list_checkpoints(out):
+        raise ValueError(
+            f"{out} already holds checkpoints of a run; pass --resume_from_checkpoint latest to "
+            "continue it, or choose a new output_dir (a fresh run would mix with them)."
+        )
     if resume is not None:
         saved = TrainConfig.load(resume / "config.yaml")
         diff = resume_mismatches(saved, cfg)
@@ -94,6 +100,13 @@ def train(cfg: TrainConfig) -> Path:
     device = accelerator.device
     weight_dtype = WEIGHT_DTYPES[cfg.mixed_precision]
     frozen = [models.text_encoder] + ([models.vae] if cfg.stage != 0 else [])
+    # Mixed precision runs the frozen encoders in half precision; their float32 weights are
+    # kept aside so that the exported pipeline holds them unchanged.
+    fp32_weights = []
+    if weight_dtype != torch.float32:
+        fp32_weights = [
+            {k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for m in frozen
+        ]
     for m in frozen:  # nn.Module.to: no diffusers dtype warning
         torch.nn.Module.to(m, device=device, dtype=weight_dtype)
     resolution = cfg.resolution or models.native_resolution
@@ -289,6 +302,9 @@ def train(cfg: TrainConfig) -> Path:
             sample = [dataset[i]["edited_pixels"][0] for i in range(min(len(dataset), 256))]
             factor = calibrate_scaling_factor(models.vae, torch.stack(sample))
             print(f"VAE scaling_factor = {factor:.4f} (1 / std of training latents)")
+        for m, weights in zip(frozen, fp32_weights):
+            torch.nn.Module.to(m, dtype=torch.float32)
+            m.load_state_dict(weights)
         export_pipeline(models, path)
         cfg.save(path / "training_config.yaml")
         (path / "training_data.json").write_text(json.dumps(report, indent=1, default=str))
@@ -307,10 +323,11 @@ def _validate(accelerator, models, unwrapped, params, ema, examples, resolution,
         ema.store(params)
         ema.copy_to(params)
     try:
-        if cfg.stage == 0:
-            grid, titles = render_reconstructions(models, examples, resolution)
-        else:
-            grid, titles = render_validation(models, examples, resolution, cfg, mrc_unet)
+        with accelerator.autocast():  # mixed precision: encoders in half, trained model in float
+            if cfg.stage == 0:
+                grid, titles = render_reconstructions(models, examples, resolution)
+            else:
+                grid, titles = render_validation(models, examples, resolution, cfg, mrc_unet)
     finally:
         if ema is not None:
             ema.restore(params)
