@@ -140,6 +140,16 @@ class MRCInstructPix2PixPipeline(DiffusionPipeline, StableDiffusionMixin):
             self._mrc_unet = MRCUNet(self.unet, self.reward_module)
         return self._mrc_unet
 
+    def use_mrc_unet(self, mrc_unet: MRCUNet) -> None:
+        """Reuse an existing reward wrapper around this pipeline's ``unet`` and ``reward_module``
+        (a trainer's, during validation) instead of building a second one: the newest wrapper
+        around a UNet owns its reward hooks, so a second one would silently take them over."""
+        if mrc_unet.unet is not self.unet or mrc_unet.reward_module is not self.reward_module:
+            raise ValueError(
+                "use_mrc_unet() needs a wrapper around this pipeline's own unet and reward_module."
+            )
+        self._mrc_unet = mrc_unet
+
     @property
     def interrupt(self) -> bool:
         return self._interrupt

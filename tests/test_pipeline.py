@@ -277,3 +277,15 @@ def test_a_reward_module_of_the_wrong_size_is_refused_at_construction():
     wrong = MultiRewardCondition(block_channels=64, time_embed_dim=256, text_embed_dim=32)
     with pytest.raises(ValueError, match="from_unet_config"):
         mrc_pipe(module=wrong)
+
+
+def test_use_mrc_unet_reuses_a_wrapper_and_refuses_a_foreign_one():
+    from core.mrc_unet import MRCUNet
+
+    pipe = mrc_pipe()
+    own = MRCUNet(pipe.unet, pipe.reward_module)
+    pipe.use_mrc_unet(own)
+    assert pipe.mrc_unet is own  # no second wrapper stealing the hooks
+    other = mrc_pipe()
+    with pytest.raises(ValueError, match="own unet and reward_module"):
+        pipe.use_mrc_unet(MRCUNet(other.unet, other.reward_module))

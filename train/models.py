@@ -293,7 +293,7 @@ def build_pipeline(models: Models, mrc_unet: MRCUNet | None = None):
         reward_module=models.reward_module,
     )
     if mrc_unet is not None:
-        pipe._mrc_unet = mrc_unet  # reuse the training wrapper (see docstring)
+        pipe.use_mrc_unet(mrc_unet)  # reuse the training wrapper (see docstring)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
