@@ -5,8 +5,9 @@ Planning (:func:`plan`) turns store triplets into :class:`Job` s keyed by
 digest, request mode, task). One SQL query finds which keys already have rows, so a re-run only
 plans what has never been attempted (or, with ``only_failed``, what failed and never succeeded).
 
-Running (:func:`run_jobs`): ``concurrency`` workers take jobs from a queue, read the two image
-files, and await the judge (which bounds HTTP requests in flight, rate-limits, retries -- see
+Running (:func:`run_jobs`, on the loop of :mod:`data.judge_pool` that ``train.evaluate`` uses
+too): ``concurrency`` workers take jobs from a queue, read the two image files, and await the
+judge (which bounds HTTP requests in flight, rate-limits, retries -- see
 :mod:`core.judges.openai_judge`). Results go to a single writer task that drains whatever has
 arrived and stores it in one transaction, so labels land in the store within milliseconds and
 under load are batched. A ``kill -9`` loses at most the jobs in flight and the results not yet
@@ -21,7 +22,6 @@ most every ``ledger_every`` seconds, plus a final line), so even a killed run's 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import uuid
@@ -37,17 +37,19 @@ from tqdm.auto import tqdm
 from core.judges.base import Judge, JudgeInput, JudgeResult, JudgeSpec, Usage, idempotency_key
 from core.judges.cost import Pricing
 from core.rewards import Rewards
+from data.judge_pool import judge_jobs
 
 ORACLE_KINDS = ("shapes-oracle",)
 
 
-def stored_version(spec: JudgeSpec) -> str:
-    """The ``prompt_version`` column of a label (``v1-one+<digest>``, see JudgeSpec)."""
-    return spec.stored_version
-
-
 def store_kind(spec: JudgeSpec) -> str:
     return "oracle" if spec.kind in ORACLE_KINDS else "judge"
+
+
+def label_version(spec: JudgeSpec) -> str | None:
+    """The ``prompt_version`` column of an annotation: the judge's stored version
+    (``v1-one+<digest>``, see :attr:`JudgeSpec.stored_version`); none for the oracle."""
+    return spec.stored_version if store_kind(spec) == "judge" else None
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ def plan(
         seen = db.execute(
             "SELECT key, max(status = 'ok') FROM annotations WHERE task = ? AND judge_model = ? "
             "AND prompt_version IS ? GROUP BY key",
-            [task, spec.model, stored_version(spec) if store_kind(spec) == "judge" else None],
+            [task, spec.model, label_version(spec)],
         ).fetchall()
     if ids is not None:
         wanted = set(ids)
@@ -129,7 +131,7 @@ def result_record(job: Job, result: JudgeResult, run_id: str) -> dict[str, Any]:
         "kind": store_kind(spec),
         "task": result.task,
         "judge_model": spec.model,
-        "prompt_version": stored_version(spec) if store_kind(spec) == "judge" else None,
+        "prompt_version": label_version(spec),
         "status": result.status,
         "raw": result.raw,
         "key": job.key,
@@ -145,6 +147,21 @@ def result_record(job: Job, result: JudgeResult, run_id: str) -> dict[str, Any]:
         rec["failure_reason"] = f"{result.reason_code}: {result.reason}"
         meta["reason_code"] = result.reason_code
     return rec
+
+
+def store_results(
+    store: Any, results: Sequence[tuple[Job, JudgeResult]], run_id: str, *, set_labels: bool = True
+) -> list[int]:
+    """Store results as annotations in one call; with ``set_labels``, the ok ``annotate`` results
+    also become their triplets' labels (pending review). Returns the annotation ids."""
+    ids = store.add_annotations([result_record(j, r, run_id) for j, r in results])
+    ok = [(i, r) for i, (_, r) in zip(ids, results) if r.ok and r.task == "annotate"]
+    if set_labels and ok:
+        spec = ok[0][1].judge
+        store.set_labels_from_annotations(
+            [i for i, _ in ok], user=f"{store_kind(spec)}:{spec.model}"
+        )
+    return ids
 
 
 @dataclass
@@ -164,6 +181,14 @@ class Summary:
     @property
     def finished(self) -> int:
         return self.ok + sum(self.failed.values())
+
+    def count(self, result: JudgeResult) -> None:
+        """Account for one stored result: ok or failed (by reason code), and its usage."""
+        self.usage += result.usage
+        if result.ok:
+            self.ok += 1
+        else:
+            self.failed[result.reason_code] += 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -294,95 +319,49 @@ async def run_jobs(
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     summary = Summary(run_id, task, judge.spec.to_dict(), len(jobs), skipped_done)
     ledger = Ledger(ledger_path(store), run_id, judge.spec, pricing)
-    queue: asyncio.Queue[Job] = asyncio.Queue()
-    for job in jobs:
-        queue.put_nowait(job)
-    # Bounded: when the store lags, workers wait instead of judging ahead, so a kill loses at
-    # most the requests in flight, the results queued here and the batch being written.
-    results: asyncio.Queue[tuple[Job, JudgeResult] | None] = asyncio.Queue(maxsize=concurrency)
     bar = tqdm(
         total=len(jobs), desc=f"{task} ({judge.spec.name})", unit="triplet", disable=not progress
     )
     start = time.monotonic()
 
-    async def worker() -> None:
-        while True:
-            try:
-                job = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            item = await asyncio.to_thread(make_input, store, job)
-            await results.put((job, await judge.run(task, item)))
-
     def write(batch: list[tuple[Job, JudgeResult]]) -> None:
-        ids = store.add_annotations([result_record(j, r, run_id) for j, r in batch])
-        if set_labels and task == "annotate":
-            ok_ids = [i for i, (_, r) in zip(ids, batch) if r.ok]
-            if ok_ids:
-                store.set_labels_from_annotations(
-                    ok_ids, user=f"{store_kind(judge.spec)}:{judge.spec.model}"
-                )
+        store_results(store, batch, run_id, set_labels=set_labels)
 
-    async def writer() -> None:
-        stop = False
-        while not stop:
-            batch = [await results.get()]
-            while not results.empty():
-                batch.append(results.get_nowait())
-            if batch[-1] is None:
-                stop = True
-            batch = [b for b in batch if b is not None]
-            if not batch:
-                continue
-            await asyncio.to_thread(write, batch)
-            usage = Usage()
-            for job, r in batch:
-                usage += r.usage
-                if r.ok:
-                    summary.ok += 1
-                else:
-                    summary.failed[r.reason_code] += 1
-                if on_result:
-                    on_result(job, r)
-            summary.usage += usage
-            ledger.add(usage, len(batch), ledger_every)
-            bar.update(len(batch))
-            bar.set_postfix(
-                ok=summary.ok,
-                failed=sum(summary.failed.values()),
-                tokens=summary.usage.total_tokens,
-                refresh=False,
-            )
+    def written(batch: list[tuple[Job, JudgeResult]]) -> None:
+        usage = Usage()
+        for job, r in batch:
+            usage += r.usage
+            summary.count(r)
+            if on_result:
+                on_result(job, r)
+        ledger.add(usage, len(batch), ledger_every)
+        bar.update(len(batch))
+        bar.set_postfix(
+            ok=summary.ok,
+            failed=sum(summary.failed.values()),
+            tokens=summary.usage.total_tokens,
+            refresh=False,
+        )
 
-    writer_task = asyncio.create_task(writer())
-    n_workers = min(concurrency, max(1, len(jobs)))
-    workers = asyncio.ensure_future(asyncio.gather(*(worker() for _ in range(n_workers))))
     try:
-        await asyncio.wait({workers, writer_task}, return_when=asyncio.FIRST_COMPLETED)
-        if writer_task.done():  # the writer only stops early when the store fails: stop judging
-            await _cancel(workers)
-            writer_task.result()  # raises the store's error
-        await workers
+        await judge_jobs(
+            judge,
+            task,
+            jobs,
+            lambda job: make_input(store, job),
+            write,
+            concurrency=concurrency,
+            on_written=written,
+        )
     except asyncio.CancelledError:
         summary.interrupted = True
-        await _cancel(workers)
         raise
     finally:
-        if not writer_task.done():
-            await results.put(None)
-            await asyncio.shield(writer_task)  # store every result that arrived, even on Ctrl-C
         bar.close()
         summary.seconds = time.monotonic() - start
         summary.cost_usd = pricing.cost(summary.usage) if pricing else None
         ledger.flush(final=summary)
     return summary
-
-
-async def _cancel(fut: asyncio.Future) -> None:
-    """Cancel ``fut`` and wait for it, so no task is left with an unretrieved exception."""
-    fut.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await fut
 
 
 def repair_labels(store: Any, spec: JudgeSpec) -> int:
@@ -395,7 +374,7 @@ def repair_labels(store: Any, spec: JudgeSpec) -> int:
                 "SELECT min(a.id) FROM annotations a LEFT JOIN labels l ON l.triplet_id = a.triplet_id "
                 "WHERE l.triplet_id IS NULL AND a.status = 'ok' AND a.task = 'annotate' "
                 "AND a.judge_model = ? AND a.prompt_version IS ? GROUP BY a.triplet_id",
-                [spec.model, stored_version(spec) if store_kind(spec) == "judge" else None],
+                [spec.model, label_version(spec)],
             ).fetchall()
         ]
     if not ids:

@@ -40,7 +40,15 @@ from core.judges.cost import pricing_for
 from core.judges.openai_judge import OpenAIJudge
 from core.judges.parsing import ReplyError
 from core.rewards import Rewards
-from data.annotate_runner import Job, Ledger, Summary, ledger_path, make_input, plan, result_record
+from data.annotate_runner import (
+    Job,
+    Ledger,
+    Summary,
+    ledger_path,
+    make_input,
+    plan,
+    store_results,
+)
 
 ENDPOINT = "/v1/chat/completions"
 MAX_FILE_BYTES = 190 * 2**20  # OpenAI accepts up to 200 MB per batch input file
@@ -237,7 +245,7 @@ async def collect(store: Any, judge: OpenAIJudge, *, set_labels: bool = True) ->
                         line = json.loads(raw_line)
                         key, prompt_name = line["custom_id"].rsplit(":", 1)
                         lines[key][prompt_name] = line
-        records, ok_flags = [], []
+        results: list[tuple[Job, JudgeResult]] = []
         missing = Counter()
         expected = {cid.rsplit(":", 1)[0]: tid for cid, tid in rec["jobs"].items()}
         for key, tid in expected.items():
@@ -245,22 +253,14 @@ async def collect(store: Any, judge: OpenAIJudge, *, set_labels: bool = True) ->
                 missing[b.status] += 1  # never ran (expired / cancelled / failed batch)
                 continue
             result = _result_for(judge, task, lines[key])
-            records.append(result_record(Job(tid, key, "", "", ""), result, run_id))
-            ok_flags.append(result.ok)
-            summary.usage += result.usage
-            if result.ok:
-                summary.ok += 1
-            else:
-                summary.failed[result.reason_code] += 1
+            results.append((Job(tid, key, "", "", ""), result))
+            summary.count(result)
             ledger.add(result.usage, 1, every=1e9)
-        ids = store.add_annotations(records) if records else []
-        if set_labels and task == "annotate":
-            ok_ids = [i for i, ok in zip(ids, ok_flags) if ok]
-            if ok_ids:
-                store.set_labels_from_annotations(ok_ids, user=f"judge:{judge.spec.model}")
+        if results:
+            store_results(store, results, run_id, set_labels=set_labels)
         summary.planned += len(expected)
         rec.update(
-            status=b.status, collected=True, stored=len(records), missing=sum(missing.values())
+            status=b.status, collected=True, stored=len(results), missing=sum(missing.values())
         )
         save_state(store, state)
         if missing:

@@ -200,29 +200,11 @@ def import_shapes_folder(store: Any, folder: str | Path, *, progress: bool = Tru
     """Add both splits of a Shapes folder (``python -m data synth``) to the store; returns the
     number of triplets in the folder. Idempotent (content-addressed triplets). Benchmark items
     have no edited image; ``meta`` keeps the scene and edit the oracle needs, plus the injected
-    corruptions of training triplets (for analysis)."""
-    from tqdm.auto import tqdm
+    corruptions of training triplets (for analysis). The record layout lives in
+    :mod:`data.shapes.to_store`; no labels are added (annotate them with a judge)."""
+    from data.shapes.to_store import add_shapes_folder
 
-    from data.shapes.folder import SPLITS, load_split
-
-    items = [it for split in SPLITS for it in load_split(folder, split)]
-    bar = tqdm(total=len(items), desc="importing Shapes", unit="triplet", disable=not progress)
-    for start in range(0, len(items), CHUNK):
-        chunk = []
-        for it in items[start : start + CHUNK]:
-            meta = dict(it.meta)
-            if it.corruptions:
-                meta["corruptions"] = list(it.corruptions)
-            chunk.append(
-                {"original": it.original, "edited": it.edited, "target": it.target,
-                 "mask": it.mask, "instruction": it.instruction,
-                 "category": it.category, "split": it.split, "source": "shapes",
-                 "external_id": it.id, "meta": meta}
-            )  # fmt: skip
-        store.add_triplets(chunk, progress=False)
-        bar.update(len(chunk))
-    bar.close()
-    return len(items)
+    return add_shapes_folder(store, folder, progress=progress)["triplets"]
 
 
 # -- export ----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from data.interop import corrected_labels, export_labels, import_rewardedit
 from data.stats import (
     agreement,
     agreement_markdown,
+    cohen_kappa,
     label_frame,
     plot_score_distribution,
     plot_word_clouds,
@@ -156,6 +157,22 @@ def test_quadratic_weighted_kappa_matches_the_moment_formula():
     assert math.isnan(quadratic_weighted_kappa([5, 5], [5, 5]))  # undefined, not guessed
 
 
+def test_one_cohen_kappa_serves_plain_and_weighted():
+    assert cohen_kappa([0, 1, 2], [0, 2, 2], weights="linear", labels=range(3)) == pytest.approx(
+        2 / 3
+    )  # worked by hand: 1 - (1/6) / (1/2)
+    a, b = [0, 1, 2, 3, 4, 5, 2], [0, 2, 2, 3, 5, 5, 1]
+    assert cohen_kappa(a, b, weights="quadratic", labels=range(6)) == quadratic_weighted_kappa(a, b)
+    assert cohen_kappa(["yes", "no", "yes", "no"], ["yes", "no", "no", "no"]) == pytest.approx(0.5)
+    assert math.isnan(cohen_kappa([], []))
+    with pytest.raises(ValueError, match="one label per item"):
+        cohen_kappa([1], [1, 2])
+    with pytest.raises(ValueError, match=r"labels \[7\] are not in the given labels"):
+        cohen_kappa([7], [1], labels=range(6))
+    with pytest.raises(ValueError, match="weights must be"):
+        cohen_kappa([1], [1], weights="cubic")
+
+
 def test_agreement_metrics():
     got = agreement([5, 4.4, 3, 0, 2.5], [5, 4, 1, 0.4, 2])
     assert got["n"] == 5
@@ -191,3 +208,34 @@ def test_plots_are_written(tmp_path, rewardedit):
         assert img.size[0] > 800 and np.asarray(img.convert("L")).std() > 5  # not blank
     judge = label_frame(store, judge_model="gpt-4o", kind="judge")
     assert len(judge) == 3
+
+
+# -- Shapes folders ----------------------------------------------------------------------------
+
+
+def test_import_shapes_folder_and_synth_db_share_one_record_layout(tmp_path):
+    """``import_shapes_folder`` (triplets only) and ``python -m data synth --db`` (triplets and
+    oracle labels) write the same triplets; importing twice adds nothing."""
+    from data.interop import import_shapes_folder
+    from data.shapes import SynthConfig, load_split, synthesize
+    from data.shapes.to_store import load_into_store
+
+    folder = tmp_path / "shapes"
+    synthesize(folder, SynthConfig(train=3, bench=1, size=32), workers=1, progress=False)
+    store = Store(tmp_path / "a.db")
+    assert import_shapes_folder(store, folder, progress=False) == 10  # 3 train + 7 bench
+    assert import_shapes_folder(store, folder, progress=False) == 10
+    assert store.count("triplets") == 10 and store.count("annotations") == 0
+    got = load_into_store(folder, tmp_path / "b.db", progress=False)
+    assert got == {"triplets": 10, "oracle_labels": 3}
+    other = Store(tmp_path / "b.db")
+    assert [t["id"] for t in store.list_triplets()] == [t["id"] for t in other.list_triplets()]
+    train = {it.id: it for it in load_split(folder, "train")}
+    for t in store.list_triplets(split="train"):
+        item = train[t["external_id"]]
+        assert t["source"] == "shapes" and t["instruction"] == item.instruction
+        assert t["meta"].get("corruptions", []) == list(item.corruptions) and "scene" in t["meta"]
+    bench = store.list_triplets(split="bench")
+    assert len(bench) == 7 and all(t["edited"] is None and t["target"] for t in bench)
+    assert load_into_store(folder, tmp_path / "a.db", progress=False)["oracle_labels"] == 3
+    assert store.count("triplets") == 10 and store.count("annotations") == 3

@@ -54,16 +54,8 @@ from typing import Any
 from PIL import Image
 
 from core.images import encode_png, load_image
+from data.shapes.edits import CATEGORIES  # Real-Edit's seven categories (paper Fig. 7 order)
 
-CATEGORIES: tuple[str, ...] = (
-    "local",
-    "remove",
-    "add",
-    "texture",
-    "background",
-    "global",
-    "style",
-)  # Real-Edit's instruction categories, in the order of the paper's Fig. 7
 ImageRef = str | Path | bytes | Image.Image
 
 

@@ -24,7 +24,6 @@ texts through its tokenizer, truncated to the text model's maximum length.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from core.images import image_hash
 
 PSNR_CAP_DB = 100.0  # PSNR of identical images; a finite stand-in for +inf
 
@@ -204,7 +205,7 @@ def compute_metrics(
     images: list[Image.Image] = []
 
     def slot(img: Image.Image) -> int:
-        key = hashlib.sha256(f"{img.mode}{img.size}".encode() + img.tobytes()).hexdigest()
+        key = image_hash(img.convert("RGB"))  # CLIP sees RGB: equal RGB pixels embed once
         if key not in image_index:
             image_index[key] = len(images)
             images.append(img)

@@ -19,7 +19,8 @@ a p-value on each difference between two systems, with nothing but numpy and sci
   as the rank-based alternative.
 * :func:`compare_paired` -- one call that picks the right test for an accuracy or a score.
 * :func:`holm` -- Holm's step-down correction when a table reports several p-values at once.
-* :func:`cohen_kappa` / :func:`verdict_agreement` -- how often a judge agrees with ground truth.
+* :func:`verdict_agreement` -- how often a judge agrees with ground truth (Cohen's kappa from
+  :func:`data.stats.cohen_kappa`, re-exported here).
 
 Conventions: inputs are 1-D sequences of finite numbers (yes/no as 1/0); a NaN is an error here,
 because the caller (the report) must decide what a failed verdict means before averaging.
@@ -34,6 +35,8 @@ from typing import Any, Literal
 
 import numpy as np
 from scipy import stats as sps
+
+from data.stats import cohen_kappa  # the project's one kappa (plain here: yes/no verdicts)
 
 Statistic = Callable[..., np.ndarray]  # statistic(x, axis=-1) -> reduced array, like np.mean
 
@@ -290,32 +293,17 @@ def compare_paired(
     x, y = _paired(a, b)
     if kind not in ("binary", "score"):
         raise ValueError(f"kind must be 'binary' or 'score', got {kind!r}.")
+    test = "McNemar (exact)" if kind == "binary" else "paired permutation (sign-flip)"
     if len(x) == 0:
-        test = "McNemar (exact)" if kind == "binary" else "paired permutation (sign-flip)"
         return PairedComparison(kind, 0, math.nan, math.nan, EMPTY, test, math.nan)
     diff, p_boot = paired_bootstrap_diff(x, y, np.mean, config)
     if kind == "binary":
         m = mcnemar_exact(x, y)
-        return PairedComparison(
-            kind,
-            len(x),
-            float(x.mean()),
-            float(y.mean()),
-            diff,
-            "McNemar (exact)",
-            m.p_value,
-            {"a_only": m.a_only, "b_only": m.b_only, "p_bootstrap": p_boot},
-        )
-    return PairedComparison(
-        kind,
-        len(x),
-        float(x.mean()),
-        float(y.mean()),
-        diff,
-        "paired permutation (sign-flip)",
-        paired_permutation(x, y, config),
-        {"p_wilcoxon": wilcoxon_signed_rank(x, y), "p_bootstrap": p_boot},
-    )
+        p, details = m.p_value, {"a_only": m.a_only, "b_only": m.b_only}
+    else:
+        p, details = paired_permutation(x, y, config), {"p_wilcoxon": wilcoxon_signed_rank(x, y)}
+    details["p_bootstrap"] = p_boot
+    return PairedComparison(kind, len(x), float(x.mean()), float(y.mean()), diff, test, p, details)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -332,25 +320,6 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 
 # -- agreement --------------------------------------------------------------------------------
-
-
-def cohen_kappa(a: Sequence[Any], b: Sequence[Any]) -> float:
-    """Cohen's kappa of two raters' categorical labels; NaN when chance agreement is 1."""
-    if len(a) != len(b):
-        raise ValueError(f"Both raters need one label per item; got {len(a)} and {len(b)}.")
-    if len(a) == 0:
-        return math.nan
-    labels = sorted(set(a) | set(b), key=str)
-    index = {lab: i for i, lab in enumerate(labels)}
-    table = np.zeros((len(labels), len(labels)))
-    for u, v in zip(a, b):
-        table[index[u], index[v]] += 1
-    table /= table.sum()
-    observed = float(np.trace(table))
-    expected = float(table.sum(axis=1) @ table.sum(axis=0))
-    if math.isclose(expected, 1.0):
-        return math.nan
-    return (observed - expected) / (1.0 - expected)
 
 
 def verdict_agreement(

@@ -46,6 +46,8 @@ from .scene import (
     rgb,
 )
 
+# Real-Edit's instruction categories, in the order of the paper's Fig. 7. Shapes-Edit mirrors
+# them; train.benchmarks_data reads Real-Edit with this same tuple.
 CATEGORIES: tuple[str, ...] = (
     "local",
     "remove",

@@ -141,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     j.add_argument("--retry-failed", action="store_true", help="judge failed verdicts again")
     j.add_argument("--truth", default=d.truth, choices=("auto", "oracle", "none"),
-                   help="also run the Shapes oracle to measure the judge's agreement [auto: Shapes "
-                        "benchmark with a non-oracle judge]")  # fmt: skip
+                   help="also run the Shapes oracle to measure the judge's agreement [auto: "
+                        "Shapes items, from shapes or store, with a non-oracle judge]")  # fmt: skip
     r = ap.add_argument_group("report")
     r.add_argument("--out", required=True, help="output folder")
     r.add_argument("--store", help="SQLite store [OUT/store.db]")
@@ -231,8 +231,8 @@ def run_evaluation(
     bench = load_benchmark(cfg.benchmark, category_by_position=cfg.category_by_position)
     bench = bench.select(cfg.limit, cfg.per_category, list(cfg.categories) or None)
     systems = _systems(cfg)
+    lacking = [i.item_id for i in bench.items if not {"scene", "edit"} <= set(i.context)]
     if (cfg.judge == "oracle" and judge is None) or cfg.truth == "oracle":
-        lacking = [i.item_id for i in bench.items if not {"scene", "edit"} <= set(i.context)]
         if lacking:
             raise ValueError(
                 f"The Shapes oracle needs each item's scene and edit; {len(lacking)} item(s) of "
@@ -251,10 +251,8 @@ def run_evaluation(
         judging["judge"] = run.judge_all(
             judge, concurrency=cfg.concurrency, retry_failed=cfg.retry_failed, close=True
         )
-    use_truth = cfg.truth == "oracle" or (
-        cfg.truth == "auto"
-        and bench.name.startswith("shapes")
-        and judge.spec.kind != "shapes-oracle"
+    use_truth = cfg.truth == "oracle" or (  # auto: every item carries the Shapes ground truth
+        cfg.truth == "auto" and not lacking and judge.spec.kind != "shapes-oracle"
     )
     truth = None
     if use_truth or truth_judge is not None:

@@ -144,7 +144,9 @@ def write_png(
         labels = [""] * len(images)
         for s in systems:
             p = outputs.get((s, it.item_id))
-            images.append(Image.open(p).convert("RGB") if p else None)
+            images.append(
+                load_image(p, name=f"the output of {s!r} for {it.item_id!r}") if p else None
+            )
             labels.append(verdict_text(verdicts, s, it.item_id)[0])
         for c, (img, label) in enumerate(zip(images, labels)):
             x = side_w + c * (cell + 6)

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from PIL import Image
 
+from core.images import load_image
 from train.metrics import ClipConfig, ClipScorer, MetricInput, compute_metrics
 
 
@@ -51,8 +51,9 @@ def compute_run_metrics(
             inputs = []
             for _, _, item_id, out in part:
                 item = run.items[item_id]
-                with Image.open(run.store.image_path(out["image"])) as im:
-                    output = im.convert("RGB")
+                output = load_image(
+                    run.store.image_path(out["image"]), name=f"output of {item_id!r}"
+                )
                 inputs.append(
                     MetricInput(
                         output,

@@ -9,8 +9,10 @@ killed at any point and started again with the same command:
    covers every generation setting and the model files' digest, so changing either starts a new
    run and nothing stale is reused. Each output image is stored content-addressed (its file name
    is its pixel hash: a neutral name that reveals no system) as soon as its batch is done.
-3. **Verdicts** are stored per output with the judge's model and prompt version as they arrive
-   (a single writer; ``kill -9`` loses at most the judgements in flight). A later run judges only
+3. **Verdicts** are stored per output with the judge's model and prompt version (version, request
+   mode and prompt digest: :attr:`~core.judges.base.JudgeSpec.stored_version`) as they arrive
+   (the judging loop of :mod:`data.judge_pool`, shared with ``python -m data annotate``: a single
+   writer; ``kill -9`` loses at most the judgements in flight). A later run judges only
    outputs without a verdict of this judge. Failed verdicts are stored with their reason and are
    final unless ``retry_failed`` asks to try them again; they are counted in every table.
 
@@ -36,6 +38,7 @@ from tqdm.auto import tqdm
 from core.images import ImageError, image_hash, load_image
 from core.judges.base import Judge, JudgeInput, JudgeResult, JudgeSpec
 from core.rewards import PERSPECTIVES
+from data.judge_pool import judge_jobs
 from train.benchmarks_data import Benchmark, BenchmarkItem
 from train.evaluate.generate import GenerationResult, generate, load_pipeline
 from train.evaluate.systems import SystemSpec, folder_identity, folder_outputs, model_digest
@@ -44,13 +47,6 @@ from train.report import NO_OUTPUT
 BENCHMARK_SPLIT = "benchmark"
 BAD_OUTPUT = "bad_output"  # a pre-made output file that cannot be read
 NOT_JUDGED = "not_judged"  # an output without any verdict of the judge (interrupted run)
-
-
-def verdict_version(spec: JudgeSpec) -> str:
-    """The ``prompt_version`` stored with a verdict: version, request mode and prompt digest, so
-    an edited prompt, or the other request mode, judges again."""
-    digest = f"+{spec.digest[:12]}" if spec.digest else ""
-    return f"{spec.prompt_version}-{spec.mode}{digest}"
 
 
 @dataclass
@@ -302,7 +298,7 @@ class BenchmarkRun:
 
     def _verdicts_by_output(self, state: SystemState, spec: JudgeSpec) -> dict[int, list[dict]]:
         rows = self.store.verdicts(
-            run_id=state.run_id, judge_model=spec.model, prompt_version=verdict_version(spec)
+            run_id=state.run_id, judge_model=spec.model, prompt_version=spec.stored_version
         )
         out: dict[int, list[dict]] = {}
         for r in rows:
@@ -321,65 +317,37 @@ class BenchmarkRun:
     async def _judge_jobs(
         self, judge: Judge, jobs: list[_JudgeJob], concurrency: int, summary: JudgeSummary
     ) -> None:
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {concurrency}.")
-        queue: asyncio.Queue[_JudgeJob] = asyncio.Queue()
-        for job in jobs:
-            queue.put_nowait(job)
-        results: asyncio.Queue[tuple[_JudgeJob, JudgeResult] | None] = asyncio.Queue()
         bar = tqdm(total=len(jobs), desc=f"judge ({judge.spec.name})", unit="output",
                    disable=not self.progress)  # fmt: skip
-        version = verdict_version(judge.spec)
-
-        async def worker() -> None:
-            while True:
-                try:
-                    job = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                item = await asyncio.to_thread(self._input, job)
-                await results.put((job, await judge.evaluate(item)))
+        spec = judge.spec
 
         def write(batch: list[tuple[_JudgeJob, JudgeResult]]) -> None:
             for job, r in batch:
                 if r.ok:
                     verdict = {p: {"yes": v["verdict"] == "yes", "score": v["score"]}
                                for p, v in r.evaluation.to_dict().items()}  # fmt: skip
-                    self.store.add_verdict(job.output_id, judge_model=judge.spec.model,
-                                           prompt_version=version, verdict=verdict, raw=r.raw or None)  # fmt: skip
+                    self.store.add_verdict(job.output_id, judge_model=spec.model,
+                                           prompt_version=spec.stored_version, verdict=verdict,
+                                           raw=r.raw or None)  # fmt: skip
                 else:
                     self.store.add_verdict(
-                        job.output_id, judge_model=judge.spec.model, prompt_version=version,
+                        job.output_id, judge_model=spec.model, prompt_version=spec.stored_version,
                         status="failed", failure_reason=f"{r.reason_code}: {r.reason}", raw=r.raw or None,
                     )  # fmt: skip
 
-        async def writer() -> None:
-            while True:
-                batch = [await results.get()]
-                while not results.empty():
-                    batch.append(results.get_nowait())
-                stop = batch[-1] is None
-                batch = [b for b in batch if b is not None]
-                if batch:
-                    await asyncio.to_thread(write, batch)
-                    for _, r in batch:
-                        if r.ok:
-                            summary.ok += 1
-                        else:
-                            summary.failed[r.reason_code] += 1
-                    bar.update(len(batch))
-                    bar.set_postfix(
-                        ok=summary.ok, failed=sum(summary.failed.values()), refresh=False
-                    )
-                if stop:
-                    return
+        def written(batch: list[tuple[_JudgeJob, JudgeResult]]) -> None:
+            for _, r in batch:
+                if r.ok:
+                    summary.ok += 1
+                else:
+                    summary.failed[r.reason_code] += 1
+            bar.update(len(batch))
+            bar.set_postfix(ok=summary.ok, failed=sum(summary.failed.values()), refresh=False)
 
-        writer_task = asyncio.create_task(writer())
         try:
-            await asyncio.gather(*(worker() for _ in range(min(concurrency, max(1, len(jobs))))))
+            await judge_jobs(judge, "evaluate", jobs, self._input, write,
+                             concurrency=concurrency, on_written=written)  # fmt: skip
         finally:
-            await results.put(None)
-            await asyncio.shield(writer_task)  # store every result that arrived, even on Ctrl-C
             bar.close()
 
     # -- 4. the verdict table ---------------------------------------------------------------------
