@@ -4,7 +4,9 @@
     demo = build_demo(ctx)
     demo.launch(**launch_kwargs(ctx, host="127.0.0.1", port=7860))
 
-``build_demo`` only wires the three tabs (``edit_tab``, ``review_tab``, ``rate_tab``);
+``build_demo`` only wires the three tabs (``edit_tab``, ``review_tab``, ``rate_tab``) and
+lets Gradio serve the store's images and the studio's media folder in place
+(``studio.media.serve_statically``) instead of copying every returned file into its cache;
 ``launch_kwargs`` carries what Gradio 6 takes at launch: theme, css, the hotkey script
 (``head``), login (``auth``), the folders Gradio may serve (``allowed_paths``) and the upload
 cap (``max_file_size``). The queue lets two generations wait for the one model rather than
@@ -13,7 +15,6 @@ run at once (``concurrency_id="model"``) while reviews and ratings run in parall
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from core.store import DEFAULT_LOCK_SECONDS, Store
 from studio.auth import Access, ensure_local_user, password_check
 from studio.context import StudioContext, bind, username
 from studio.edit_tab import build_edit_tab
-from studio.media import NeutralImages
+from studio.media import DifferenceImages, NeutralImages, serve_statically
 from studio.model import EditModel
 from studio.rate_tab import admin_setup, build_rate_tab
 from studio.rating import BlindRating, Evaluation
@@ -51,20 +52,6 @@ def default_evaluation(store: Store, overlap: int = 3) -> Evaluation | None:
     return Evaluation(runs[-2]["name"], runs[-1]["name"], overlap=overlap)
 
 
-def hold_wal_open(store: Store) -> sqlite3.Connection:
-    """Keep one idle connection to the store open for the life of the studio.
-
-    The store opens a connection per call. When the *last* connection to a WAL database
-    closes, SQLite checkpoints the WAL and deletes it, and the next writer recreates and syncs
-    it: about 10 ms per review action on a 20,000-triplet store. With one idle connection
-    held open the WAL persists and a lock or save costs ~1.5 ms. The connection never starts a
-    transaction, so it never holds back a checkpoint.
-    """
-    conn = sqlite3.connect(store.path, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode").fetchone()  # opens the file and its WAL index
-    return conn
-
-
 def create_context(
     store: Store,
     model: EditModel,
@@ -79,7 +66,6 @@ def create_context(
     """Everything the handlers share. ``evaluation`` defaults to :func:`default_evaluation`."""
     if not login_required:
         ensure_local_user(store)
-    wal_keeper = hold_wal_open(store)
     media = NeutralImages(media_root)
     queue = ReviewQueue(store, lock_seconds=lock_seconds or DEFAULT_LOCK_SECONDS)
     threading.Thread(target=queue.warm, name="review-queue-warm", daemon=True).start()
@@ -97,11 +83,11 @@ def create_context(
         access=Access(store, login_required),
         model=model,
         media=media,
+        differences=DifferenceImages(media.root / "difference"),
         queue=queue,
         rating=rating,
         banner=banner,
         examples=list(examples or []),
-        wal_keeper=wal_keeper,
     )
 
 
@@ -114,6 +100,8 @@ def on_load(ctx: StudioContext, request: gr.Request) -> tuple:
 
 
 def build_demo(ctx: StudioContext) -> gr.Blocks:
+    # Store images and the studio's own media are served in place, not copied per response.
+    serve_statically([ctx.store.images_dir, ctx.media.root])
     # delete_cache: every hour, drop Gradio's cached copies older than a day.
     with gr.Blocks(title="MRC Studio", fill_width=True, delete_cache=(3600, 86400)) as demo:
         gr.Markdown("# MRC Studio\nReward-conditioned instruction-based image editing "

@@ -24,7 +24,7 @@ from core.images import ImageError
 from core.rewards import RewardValidationError
 from core.store import Store, StoreError
 from studio.auth import Access, AccessDenied
-from studio.media import NeutralImages
+from studio.media import DifferenceImages, NeutralImages
 from studio.model import EditModel
 from studio.rating import BlindRating
 from studio.review import ReviewQueue
@@ -38,12 +38,12 @@ class StudioContext:
     access: Access
     model: EditModel
     media: NeutralImages
+    differences: DifferenceImages  # cached difference views for the review tab
     queue: ReviewQueue
     rating: BlindRating | None  # None when the store has fewer than two runs to compare
     banner: str = ""  # Markdown shown on top of every page ("" for none)
     examples: list[tuple[str, str]] = field(default_factory=list)  # (image path, instruction)
     export_dir: Path | None = None  # where exports are written (defaults to the media folder)
-    wal_keeper: Any = None  # idle sqlite3 connection keeping the WAL open (app.hold_wal_open)
 
     def export_folder(self, kind: str) -> Path:
         """A fresh folder for one export, so concurrent exports never overwrite each other."""

@@ -1,55 +1,140 @@
-"""Serve images to the browser under neutral names.
+"""Serve images to the browser: store files as they are, blind copies under neutral names,
+and cached difference views.
 
-Gradio copies every file a handler returns into its cache and keeps the file's *name*
-(``<cache>/<hash>/<name>``), and that name reaches the page and the API response. Store paths
-and benchmark output paths can carry a system or model name, so the studio never hands Gradio
-one of those paths. :class:`NeutralImages` re-encodes each image (which also drops EXIF / PNG
-text chunks that could name the producer) into a private temporary folder under a random
-``uuid4`` name and returns that path instead.
+Gradio copies every file a handler returns into its cache (hashing it first) unless the
+file lies under a *static* path, and the file's name reaches the page and the API response.
+The studio avoids both the copy and any telling name:
 
-The folder is created with ``tempfile.mkdtemp`` (mode 0700) and removed at exit; nothing in
-it outlives the process. Gradio copies a returned file into its own cache while it answers
-the request, so only the most recent ``keep`` files are kept (a long-running studio does not
-fill the disk).
+* **Store images** (``<db>_images/ab/<hash>.png``) are already canonical PNGs (written by
+  :func:`core.images.encode_png`: no metadata) named by their pixel hash, which says
+  nothing about who made them. :func:`serve_statically` makes the store's image folder
+  static, so Gradio hands them out from where they are (still behind login: the file route
+  checks the session) instead of hashing and copying each one on every response.
+* **Blind copies** (:class:`NeutralImages`) give a store image a fresh random ``uuid4`` name
+  in a private temporary folder for the blind rating tab, so the same output never shows
+  the same name twice and no path can be correlated with a system. :meth:`NeutralImages.link`
+  hard-links the store file (a copy across file systems): no decoding, no re-encoding.
+* **Difference views** (:class:`DifferenceImages`): ``|edited - original| x 3`` is computed
+  once per pair of image hashes, written as PNG and reused (bounded, least recently used
+  first out) instead of being recomputed and re-encoded on every request.
+
+The temporary folders are created with ``tempfile.mkdtemp`` (mode 0700) and removed at exit;
+nothing in them outlives the process. Each keeps only its most recent ``keep`` files, so a
+long-running studio does not fill the disk; a page that still shows an evicted image after
+thousands of newer ones would need to reload it.
 """
 
 from __future__ import annotations
 
 import atexit
+import hashlib
+import os
 import shutil
 import tempfile
 import threading
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+import gradio as gr
+from PIL import Image, ImageChops
 
-from core.images import encode_png, load_image
+from core.images import encode_png
+from core.store.base import write_atomically
+
+
+def serve_statically(folders: Iterable[str | Path]) -> None:
+    """Let Gradio serve files under ``folders`` in place, without copying them to its cache.
+
+    Gradio keeps this list for the whole process (``gr.set_static_paths``); files are still
+    served only to logged-in users when the studio has login.
+    """
+    gr.set_static_paths([Path(f) for f in folders])
+
+
+def _private_folder(root: str | Path | None, prefix: str) -> Path:
+    if root is None:
+        folder = Path(tempfile.mkdtemp(prefix=prefix))
+        atexit.register(shutil.rmtree, folder, True)
+        return folder
+    folder = Path(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 class NeutralImages:
-    """Writes images as ``<tmp>/<uuid4>.png`` with no metadata; see the module docstring."""
+    """Store images as ``<tmp>/<uuid4>.png``, a fresh name each time (module docstring)."""
 
     def __init__(self, root: str | Path | None = None, keep: int = 5000) -> None:
         self.keep = keep  # files kept; older ones were served long ago
         self._recent: deque[Path] = deque()
         self._lock = threading.Lock()
-        if root is None:
-            self.root = Path(tempfile.mkdtemp(prefix="mrc-studio-media-"))
-            atexit.register(shutil.rmtree, self.root, True)
-        else:
-            self.root = Path(root)
-            self.root.mkdir(parents=True, exist_ok=True)
+        self.root = _private_folder(root, "mrc-studio-media-")
 
-    def put(self, image: Image.Image | np.ndarray | bytes | str | Path) -> str:
-        """Return the path of a metadata-free PNG copy of ``image`` under a random name."""
-        pixels = load_image(image)
-        path = self.root / f"{uuid.uuid4().hex}.png"
-        path.write_bytes(encode_png(pixels))
+    def _track(self, path: Path) -> str:
         with self._lock:
             self._recent.append(path)
             while len(self._recent) > self.keep:
                 self._recent.popleft().unlink(missing_ok=True)
         return str(path)
+
+    def link(self, store_file: str | Path) -> str:
+        """Give a store image file (already a metadata-free PNG) a random name: a hard link,
+        or a byte copy when the store is on another file system. Nothing is re-encoded."""
+        path = self.root / f"{uuid.uuid4().hex}.png"
+        try:
+            os.link(store_file, path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"the store's image file {store_file} is missing.") from None
+        except OSError:  # another file system, or links not supported there
+            shutil.copyfile(store_file, path)
+        return self._track(path)
+
+
+_TIMES_3 = [min(255, 3 * v) for v in range(256)] * 3  # per-band lookup table: clip(3 v, 255)
+
+
+def difference(original: Image.Image, edited: Image.Image) -> Image.Image:
+    """clip(3 |edited - original|, 0, 255) per pixel and channel: where the edit changed the
+    image. (Pillow's C loops; about twice as fast as the same in numpy int16 at 512 px.)"""
+    original = original.convert("RGB")
+    edited = edited.convert("RGB")
+    if edited.size != original.size:
+        edited = edited.resize(original.size, Image.Resampling.BILINEAR)
+    return ImageChops.difference(edited, original).point(_TIMES_3)
+
+
+class DifferenceImages:
+    """Difference views of store image pairs, computed once and kept as PNG files.
+
+    ``path(original, edited)`` takes two store image *files*; they are content-addressed, so
+    the pair of paths identifies the result, which is named by a hash of the pair.
+    Thread-safe: two requests for the same pair may both compute it, and the atomic write
+    makes that harmless.
+    """
+
+    def __init__(self, root: str | Path | None = None, keep: int = 2000) -> None:
+        self.keep = keep  # files kept, least recently used evicted first
+        self.root = _private_folder(root, "mrc-studio-diff-")
+        self._used: OrderedDict[str, Path] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def path(self, original: str | Path, edited: str | Path) -> str:
+        original, edited = Path(original), Path(edited)
+        key = hashlib.sha256(f"{original.resolve()}\0{edited.resolve()}".encode()).hexdigest()
+        key = key[:32]
+        target = self.root / f"{key}.png"
+        with self._lock:
+            if key in self._used and target.exists():
+                self._used.move_to_end(key)
+                return str(target)
+        with Image.open(original) as a, Image.open(edited) as b:
+            data = encode_png(difference(a, b))
+        write_atomically(target, data)
+        with self._lock:
+            self._used[key] = target
+            self._used.move_to_end(key)
+            while len(self._used) > self.keep:
+                self._used.popitem(last=False)[1].unlink(missing_ok=True)
+        return str(target)

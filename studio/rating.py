@@ -10,11 +10,11 @@ shuffled per rater, so raters do not walk the benchmark in the same sequence. Al
 holds a process lock, so two raters asking at the same moment cannot push an item past k.
 
 Blinding: the store draws on which side system A appears (``a_side``); what leaves this
-module for the rater is only the instruction, the input image and the two outputs (written
-by :class:`~studio.media.NeutralImages` under random names, metadata stripped) plus an
-opaque assignment number. The mapping from sides back to systems happens here, on the server,
-at submission. The rater comes from the login session, and the store refuses a rating for an
-assignment that belongs to someone else.
+module for the rater is only the instruction, the input image and the two outputs (linked
+by :class:`~studio.media.NeutralImages` under fresh random names; store files carry no
+metadata) plus an opaque assignment number. The mapping from sides back to systems happens
+here, on the server, at submission. The rater comes from the login session, and the store
+refuses a rating for an assignment that belongs to someone else.
 """
 
 from __future__ import annotations
@@ -161,9 +161,9 @@ class BlindRating:
         return BlindPair(
             assignment_id=row["id"],
             instruction=triplet["instruction"],
-            original=self.media.put(self.store.image(triplet["original"])),
-            left=self.media.put(self.store.image(left)),
-            right=self.media.put(self.store.image(right)),
+            original=self.media.link(self.store.image_path(triplet["original"])),
+            left=self.media.link(self.store.image_path(left)),
+            right=self.media.link(self.store.image_path(right)),
             done=done,
             assigned=assigned,
         )

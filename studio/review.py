@@ -23,9 +23,10 @@ queue holds a claim on them in memory for the same duration (one studio process 
 Saving uses the label version loaded with the item: if someone else saved in between, the
 store raises ConflictError and nothing is overwritten.
 
-Time per item is the time between an annotator's consecutive saves, with gaps longer than
-``BREAK_SECONDS`` counted as breaks and left out (the store's history records when, not for
-how long).
+Time per item is measured on the server: from the moment the queue locks (or claims) an item
+for the annotator to the moment their decision is saved, recorded with the save
+(``Store.update_label(..., seconds=...)``, kept in ``label_history.seconds``). Progress
+reports the median per annotator over the saves that carry a time.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,6 @@ TO_REVIEW = "to review"  # pending, skipped or unlabelled
 UNLABELED = "unlabeled"
 STATUS_FILTERS = (TO_REVIEW, *REVIEW_STATUSES, UNLABELED, "all")
 DECISIONS = {"accept": None, "fix": None, "reject": "rejected", "skip": "skipped"}
-BREAK_SECONDS = 600.0
 CHUNK = 64  # candidates checked per query when looking for the next free item
 
 
@@ -106,7 +105,7 @@ class ReviewItem:
     label: LabelRecord | None  # None: no label yet, saving creates one
     doubt: float
     annotations: list[dict[str, Any]]  # machine and human annotations, oldest first
-    shown_at: float = field(default_factory=time.monotonic)
+    held_since: float = field(default_factory=time.monotonic)  # when it was locked for the user
 
     @property
     def triplet_id(self) -> str:
@@ -332,18 +331,18 @@ class ReviewQueue:
             return None  # someone took it between the check and the lock
         except NotFoundError:  # the triplet exists, so it has no label yet
             label = None
+        held_since = time.monotonic()
         if label is None:
-            now = time.monotonic()
             claim = self._claims.get(tid)
-            if claim and claim[0] != user and claim[1] > now:
+            if claim and claim[0] != user and claim[1] > held_since:
                 if strict:
                     raise LockedError(
                         f"Triplet {tid} is being labelled by {claim[0]}; try again later."
                     )
                 return None
-            self._claims[tid] = (user, now + self.lock_seconds)
+            self._claims[tid] = (user, held_since + self.lock_seconds)
         annotations = self.store.annotations(tid, task="annotate")
-        return ReviewItem(triplet, label, self._doubt.get(tid, 10.0), annotations)
+        return ReviewItem(triplet, label, self._doubt.get(tid, 10.0), annotations, held_since)
 
     def release(self, user: str, triplet_id: str) -> None:
         """Give an item back without deciding (e.g. when moving away from it)."""
@@ -362,13 +361,17 @@ class ReviewQueue:
         scores: Sequence[float],
         texts: Sequence[str],
         note: str | None = None,
+        *,
+        held_since: float | None = None,
     ) -> LabelRecord:
         """Record a decision: ``accept``, ``fix`` (Fix & Accept), ``reject`` or ``skip``.
 
         ``accept`` and ``fix`` both save the displayed values; the status is ``accepted``
         when they equal the loaded label and ``fixed`` when they differ (so a correction can
-        never be recorded as an unchanged acceptance). Raises ConflictError (the label moved
-        on), LockedError (someone else holds it) or a ValueError for bad input.
+        never be recorded as an unchanged acceptance). ``held_since`` is the
+        :attr:`ReviewItem.held_since` of the item on screen; the seconds since then are
+        recorded as the time spent on it. Raises ConflictError (the label moved on),
+        LockedError (someone else holds it) or a ValueError for bad input.
         """
         if decision not in DECISIONS:
             raise ValueError(
@@ -377,15 +380,12 @@ class ReviewQueue:
         rewards = Rewards.from_scores(list(scores), list(texts))
         status = DECISIONS[decision]
         if expected_version == 0:  # first label of an unlabelled triplet
-            record = self.store.update_label(
-                triplet_id, rewards, user=user, expected_version=0,
-                status=status or "fixed", note=note or None,
-            )  # fmt: skip
-        else:
-            record = self.store.update_label(
-                triplet_id, rewards, user=user, expected_version=expected_version,
-                status=status, note=note or None,
-            )  # fmt: skip
+            status = status or "fixed"
+        seconds = None if held_since is None else max(0.0, time.monotonic() - held_since)
+        record = self.store.update_label(
+            triplet_id, rewards, user=user, expected_version=expected_version,
+            status=status, note=note or None, seconds=seconds,
+        )  # fmt: skip
         with self._mutex:
             self._claims.pop(triplet_id, None)
         return record
@@ -404,22 +404,21 @@ class ReviewQueue:
         return counts
 
     def progress(self) -> list[dict[str, Any]]:
-        """Per annotator: saves, by outcome, and the median seconds per item."""
+        """Per annotator: saves, by outcome, and the median seconds per item (over the saves
+        whose time was measured; None when there are none)."""
         with self.store.db() as db:
             rows = db.execute(
-                "SELECT user, at, action, after FROM label_history "
+                "SELECT user, at, after, seconds FROM label_history "
                 "WHERE action IN ('edit', 'review') OR (action = 'create' AND user IN "
                 "(SELECT name FROM users)) ORDER BY user, at"
             ).fetchall()
-        per_user: dict[str, list[tuple[str, str, str]]] = {}
-        for user, at, action, after in rows:
-            per_user.setdefault(user, []).append((at, action, json.loads(after)["status"]))
+        per_user: dict[str, list[tuple[str, str, float | None]]] = {}
+        for user, at, after, seconds in rows:
+            per_user.setdefault(user, []).append((at, json.loads(after)["status"], seconds))
         out = []
         for user, events in per_user.items():
-            times = [datetime.fromisoformat(at) for at, _, _ in events]
-            gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
-            gaps = [g for g in gaps if g <= BREAK_SECONDS]
-            statuses = [s for _, _, s in events]
+            timed = [s for _, _, s in events if s is not None]
+            statuses = [s for _, s, _ in events]
             out.append(
                 {
                     "annotator": user,
@@ -428,7 +427,9 @@ class ReviewQueue:
                     "fixed": statuses.count("fixed"),
                     "rejected": statuses.count("rejected"),
                     "skipped": statuses.count("skipped"),
-                    "median_seconds_per_item": round(statistics.median(gaps), 1) if gaps else None,
+                    "median_seconds_per_item": round(statistics.median(timed), 1)
+                    if timed
+                    else None,
                     "last_active": events[-1][0][:19].replace("T", " "),
                 }
             )

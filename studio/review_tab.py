@@ -15,9 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import gradio as gr
-import numpy as np
 import pandas as pd
-from PIL import Image
 
 from core.rewards import PERSPECTIVES, TITLES
 from core.store import ConflictError, LabelRecord, LockedError
@@ -44,15 +42,6 @@ def _filter(status, category, judge, perspective, score_min, score_max) -> Revie
         )
     except ValueError as e:
         raise gr.Error(str(e), print_exception=False) from e
-
-
-def difference(original: Image.Image, edited: Image.Image) -> Image.Image:
-    """|edited - original| per pixel, amplified 3x: where the edit changed the image."""
-    if edited.size != original.size:
-        edited = edited.resize(original.size, Image.Resampling.BILINEAR)
-    a = np.asarray(original.convert("RGB"), dtype=np.int16)  # (H, W, 3)
-    b = np.asarray(edited.convert("RGB"), dtype=np.int16)
-    return Image.fromarray(np.clip(np.abs(b - a) * 3, 0, 255).astype(np.uint8))
 
 
 def _scores_text(snapshot: dict[str, Any] | None) -> str:
@@ -128,13 +117,13 @@ def _show(ctx: StudioContext, item: ReviewItem | None, message: str = "") -> tup
     prefill = item.prefill
     scores = [prefill[p].score if prefill else 5.0 for p in PERSPECTIVES]
     texts = [prefill[p].text if prefill else "" for p in PERSPECTIVES]
-    state = {"triplet_id": t["id"], "version": item.version, "shown_at": item.shown_at}
+    state = {"triplet_id": t["id"], "version": item.version, "held_since": item.held_since}
     return (
         state,
         f"{message}\n\n{header}" if message else header,
         str(original_path),
         str(edited_path) if t["edited"] else None,
-        difference(Image.open(original_path), Image.open(edited_path)),
+        ctx.differences.path(original_path, edited_path),
         _annotation_table(item),
         *scores,
         *texts,
@@ -179,8 +168,10 @@ def review_back(ctx: StudioContext, state, status, category, judge, perspective,
     if not state:
         return _show(ctx, ctx.queue.next_item(user, flt))
     item = ctx.queue.previous_item(user, flt, state["triplet_id"])
-    if item is None:
-        return _show(ctx, ctx.queue.open_item(user, state["triplet_id"]), "This is the first item.")
+    if item is None:  # stay on the item (and keep timing it from when it was first shown)
+        item = ctx.queue.open_item(user, state["triplet_id"])
+        item.held_since = state["held_since"]
+        return _show(ctx, item, "This is the first item.")
     ctx.queue.release(user, state["triplet_id"])
     return _show(ctx, item)
 
@@ -206,8 +197,9 @@ def _decide(ctx: StudioContext, decision: str, state, s_f, s_p, s_q, t_f, t_p, t
     tid = state["triplet_id"]
     try:
         record = ctx.queue.save(
-            user, tid, state["version"], decision, [s_f, s_p, s_q], [t_f, t_p, t_q], note
-        )
+            user, tid, state["version"], decision, [s_f, s_p, s_q], [t_f, t_p, t_q], note,
+            held_since=state["held_since"],
+        )  # fmt: skip
     except (ConflictError, LockedError) as e:
         # Keep the annotator's form values; refresh only the header and the history.
         current = ctx.store.get_label(tid)
@@ -294,7 +286,7 @@ def build_review_tab(ctx: StudioContext) -> dict[str, Any]:
         shown = dict(interactive=False, format="png", height=280, elem_classes=["mrc-pixels"])
         original = gr.Image(label="Original", type="filepath", **shown)
         edited = gr.Image(label="Edited", type="filepath", **shown)
-        diff = gr.Image(label="Difference ×3", type="pil", **shown)
+        diff = gr.Image(label="Difference ×3", type="filepath", **shown)
     annotations = gr.Dataframe(
         headers=ANNOTATION_COLUMNS, label="Judge and human annotations", interactive=False
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import io
+import math
 import sqlite3
 import threading
 import time
@@ -88,7 +90,12 @@ def test_migrations_upgrade_an_older_database_and_reopening_is_fine(tmp_path):
     assert "runs" not in old.table_names()
     old.close()
     store = Store(path)
-    assert store.migrations == ["0001_core", "0002_benchmark", "0003_ratings"]
+    assert store.migrations == [
+        "0001_core",
+        "0002_benchmark",
+        "0003_ratings",
+        "0004_label_seconds",
+    ]
     assert store.get_user("ann")["role"] == "annotator"  # old data kept
     with pytest.raises(StoreError, match="password hash of user 'ann' is unreadable"):
         store.verify_password("ann", "anything")
@@ -96,7 +103,30 @@ def test_migrations_upgrade_an_older_database_and_reopening_is_fine(tmp_path):
     again = Store(path)
     assert again.migrations == store.migrations
     with again.db() as db:
-        assert db["_sqlite_migrations"].count == 3
+        assert db["_sqlite_migrations"].count == 4
+
+
+def test_the_keepalive_keeps_the_wal_until_the_store_is_closed(tmp_path):
+    path = tmp_path / "k.db"
+    wal, shm = tmp_path / "k.db-wal", tmp_path / "k.db-shm"
+    with Store(path) as store:
+        tid = labelled(store)
+        # Without the idle connection, closing the call's connection would have
+        # checkpointed and deleted the WAL after every call.
+        assert wal.exists() and shm.exists()
+        store.update_label(tid, R((1, 2, 3)), user="ann", expected_version=1)
+        assert wal.exists()
+        assert not store.closed
+    assert store.closed and not wal.exists() and not shm.exists()  # the last one out cleans up
+    with pytest.raises(StoreError, match="was closed"):
+        store.get_label(tid)
+    store.close()  # idempotent
+    again = Store(path)
+    assert again.get_label(tid).version == 2  # everything was checkpointed into the file
+    finalizer = again._finalizer
+    del again
+    gc.collect()
+    assert not finalizer.alive and not wal.exists()  # an unreferenced store closes itself
 
 
 def test_concurrent_opening_migrates_once(tmp_path):
@@ -115,7 +145,7 @@ def test_concurrent_opening_migrates_once(tmp_path):
         t.join()
     assert errors == []
     with Store(path).db() as db:
-        assert db["_sqlite_migrations"].count == 3
+        assert db["_sqlite_migrations"].count == 4
 
 
 # -- triplets and images ----------------------------------------------------------------------
@@ -383,6 +413,47 @@ def test_bad_label_edits_leave_the_store_intact(store):
     with pytest.raises(StoreInputError, match="user"):
         store.update_label(tid, None, user="", expected_version=1)
     assert counts(store) == before and store.get_label(tid).version == 1
+
+
+def test_seconds_per_item_are_kept_in_the_history(store):
+    tid = labelled(store)
+    store.update_label(tid, R((1, 5, 4)), user="ann", expected_version=1, seconds=12.5)
+    store.update_label(tid, None, user="bob", expected_version=2, status="accepted", seconds=0)
+    store.update_label(tid, None, user="cy", expected_version=3, status="skipped")
+    fresh = add(store, 5)
+    store.update_label(fresh, R((2, 2, 2)), user="ann", expected_version=0, seconds=3)
+    assert [h["seconds"] for h in store.history(tid)] == [None, 12.5, 0.0, None]
+    assert store.history(fresh)[0]["seconds"] == 3.0
+    before = counts(store)
+    for bad in (-1, -0.001, math.nan, math.inf, True, "12", [3]):
+        with pytest.raises(StoreInputError, match="seconds"):
+            store.update_label(tid, R((0, 0, 0)), user="ann", expected_version=4, seconds=bad)
+    assert counts(store) == before and store.get_label(tid).version == 4
+    with store.db() as db, pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+        db.execute(  # the schema refuses it too
+            "INSERT INTO label_history (triplet_id, version, user, at, action, after, seconds) "
+            "VALUES (?, 99, 'x', 'now', 'edit', '{}', -5)",
+            [tid],
+        )
+
+
+def test_the_seconds_migration_upgrades_a_database_with_history(tmp_path):
+    path = tmp_path / "v3.db"
+    with Store(path) as store:
+        tid = labelled(store)
+        store.update_label(tid, R((1, 1, 1)), user="ann", expected_version=1)
+    old = Database(path)  # roll the file back to the schema of the third release
+    old.execute("ALTER TABLE label_history DROP COLUMN seconds")
+    old.execute("DELETE FROM _sqlite_migrations WHERE name = '0004_label_seconds'")
+    old.conn.commit()
+    assert "seconds" not in old["label_history"].columns_dict
+    old.close()
+    store = Store(path)
+    assert store.migrations[-1] == "0004_label_seconds"
+    assert [h["seconds"] for h in store.history(tid)] == [None, None]  # old rows: not measured
+    store.update_label(tid, None, user="bob", expected_version=2, status="accepted", seconds=7)
+    assert [h["user"] for h in store.history(tid)] == ["system", "ann", "bob"]
+    assert store.history(tid)[-1]["seconds"] == 7.0
 
 
 def test_history_is_append_only(store):

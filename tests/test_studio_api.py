@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
-from gradio_client import handle_file
+from gradio_client import Client, handle_file
 from PIL import Image
 
 from studio.app import create_context
+from studio.media import DifferenceImages, difference
 from studio.rating import Evaluation
+from tests import studio_helpers as helpers
 from tests.studio_helpers import SYSTEM_A, SYSTEM_B, build_store, client, serve, tiny_model
 
 FILTERS = dict(status="to review", category="(any)", judge="(any)", perspective="(any)", lo=0, hi=5)
@@ -147,3 +150,69 @@ def test_blind_rating_round_trip_and_results(studio):
     assert systems == {SYSTEM_A, SYSTEM_B}
     with pytest.raises(Exception, match="Give a score"):
         rita.predict(None, "4", "3", "1", "2", "0", None, api_name="/rate_submit")
+
+
+def test_time_per_item_is_measured_on_the_server(studio):
+    store, ctx, url = studio
+    store.add_user("tess", "annotator", helpers.PASSWORD)
+    tess = client(url, "tess")
+    params = tess.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name in ("/review_fix", "/review_accept", "/review_skip"):
+        sent = {p["parameter_name"] for p in params[name]["parameters"]}
+        assert not sent & {"seconds", "held_since", "shown_at", "state"}  # nothing to forge
+    t0 = time.monotonic()
+    first = tess.predict(*FILTERS.values(), api_name="/review_next")
+    time.sleep(0.5)  # the annotator looks at the item
+    t1 = time.monotonic()  # the accept also locks and shows the next item
+    out = tess.predict(*first[5:8], *first[8:11], "", *FILTERS.values(), api_name="/review_accept")
+    held_first = time.monotonic() - t0
+    time.sleep(0.2)
+    tess.predict(*out[5:8], *out[8:11], "", *FILTERS.values(), api_name="/review_skip")
+    held_second = time.monotonic() - t1
+    times = []
+    for item, bounds in ((first, (0.5, held_first)), (out, (0.2, held_second))):
+        (row,) = [h for h in store.history(_header_id(item[0])) if h["user"] == "tess"]
+        assert bounds[0] <= row["seconds"] <= bounds[1]  # from the lock to the save
+        times.append(row["seconds"])
+    _, table = tess.predict(api_name="/review_progress")
+    rows = {r[0]: r for r in table["data"]}
+    assert rows["tess"][1] == 2 and rows["tess"][5] == 1  # saved, skipped
+    assert rows["tess"][6] == round((times[0] + times[1]) / 2, 1)  # the median of two
+
+
+def test_review_images_are_served_in_place_and_the_difference_is_cached(studio):
+    store, ctx, url = studio
+    ada = client(url, "ada")
+    raw = Client(url, auth=("ada", helpers.PASSWORD), verbose=False, download_files=False)
+    tid = helpers.triplet_ids(store)[-1]
+    triplet = store.get_triplet(tid)
+    views = [raw.predict(tid, api_name="/review_open") for _ in range(2)]
+    for out in views:
+        original, edited, diff = out[1:4]
+        assert original["path"] == str(store.image_path(triplet["original"]))  # not copied
+        assert edited["path"] == str(store.image_path(triplet["edited"]))
+        assert Path(diff["path"]).parent == ctx.media.root / "difference"
+    assert views[0][3]["path"] == views[1][3]["path"]  # computed once, then reused
+    downloaded = ada.predict(tid, api_name="/review_open")[3]
+    a = np.asarray(store.image(triplet["original"]), np.int16)
+    b = np.asarray(store.image(triplet["edited"]), np.int16)
+    expected = np.clip(np.abs(b - a) * 3, 0, 255).astype(np.uint8)
+    assert np.array_equal(np.asarray(Image.open(downloaded).convert("RGB")), expected)
+    ada.predict(*FILTERS.values(), api_name="/review_forward")  # release the item
+
+
+def test_difference_images_evict_the_least_recently_used(tmp_path):
+    store = build_store(tmp_path / "d.db", n_train=3, n_bench=0)
+    files = [store.image_path(t[k]) for t in store.list_triplets() for k in ("original", "edited")]
+    cache = DifferenceImages(tmp_path / "diff", keep=2)
+    first = cache.path(files[0], files[1])
+    second = cache.path(files[2], files[3])
+    assert cache.path(files[0], files[1]) == first  # a hit makes it the most recent
+    cache.path(files[4], files[5])
+    assert Path(first).exists() and not Path(second).exists()
+    assert len(list((tmp_path / "diff").glob("*.png"))) == 2
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(0, 256, (2, 9, 7, 3), dtype=np.uint8)
+    expected = np.clip(np.abs(b.astype(np.int16) - a) * 3, 0, 255).astype(np.uint8)
+    got = difference(Image.fromarray(a), Image.fromarray(b))
+    assert np.array_equal(np.asarray(got), expected)

@@ -13,7 +13,8 @@ Layout on disk::
 
 Guarantees
     * WAL mode, ``synchronous=NORMAL``, a busy timeout, and a new connection per call (safe
-      from Gradio's worker threads and from several processes).
+      from Gradio's worker threads and from several processes), plus one idle keep-alive
+      connection held until ``close()`` so the WAL is not deleted and recreated on every call.
     * Writes are transactions (``BEGIN IMMEDIATE``): all or nothing. Bad input -- a corrupt
       image, a score outside [0, 5], an unknown perspective -- raises before anything is
       written, so the store is left exactly as it was (at most an unreferenced image file).
@@ -23,8 +24,8 @@ Guarantees
       instruction); annotations have an idempotency key (triplet, judge, prompt version, task).
 
 API (all on :class:`Store`)
-    Opening      ``Store(path, busy_timeout=30.0)``, ``.db()``, ``.transaction()``,
-                 ``.migrations``, ``.count(table)``
+    Opening      ``Store(path, busy_timeout=30.0)`` (also ``with Store(path) as store:``),
+                 ``.close()``, ``.db()``, ``.transaction()``, ``.migrations``, ``.count(table)``
     Images       ``.put_image(src, mask=False) -> hash``, ``.image(hash)``, ``.image_path(hash)``
     Triplets     ``.add_triplet(original, edited, instruction, *, category, target, mask, split,
                  source, external_id, meta) -> id``, ``.add_triplets(items) -> ids``,
@@ -35,7 +36,8 @@ API (all on :class:`Store`)
                  ``.annotations(...)``; :func:`annotation_key`
     Labels       ``.set_label_from_annotation(id, *, user, replace_pending)``,
                  ``.set_labels_from_annotations(ids, ...)``, ``.get_label(tid)``,
-                 ``.update_label(tid, rewards, *, user, expected_version, status, note)``,
+                 ``.update_label(tid, rewards, *, user, expected_version, status, note,
+                 seconds)``,
                  ``.history(tid)``, ``.acquire_lock(tid, user)``, ``.release_lock(tid, user)``,
                  ``.next_for_review(user)``, ``.review_counts()``, ``.export_labels()``,
                  ``.export_rewardedit()``

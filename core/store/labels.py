@@ -12,8 +12,9 @@ Optimistic concurrency: :meth:`LabelsMixin.update_label` takes the ``expected_ve
 editor loaded and runs ``UPDATE labels ... WHERE triplet_id = ? AND version = ?`` in a
 ``BEGIN IMMEDIATE`` transaction; if no row matched, the edit was based on a stale version and
 :class:`ConflictError` says who changed it, when, and what the version is now. The history
-row (before/after JSON snapshots) is written in the same transaction, so history and labels
-can never disagree, and ``label_history`` is append-only (triggers refuse UPDATE/DELETE).
+row (before/after JSON snapshots, and the ``seconds`` the reviewer spent when the caller
+measured it) is written in the same transaction, so history and labels can never disagree,
+and ``label_history`` is append-only (triggers refuse UPDATE/DELETE).
 
 Locks: ``acquire_lock`` marks a label as held by one annotator until ``locked_until``; while
 the lock is live, other users' edits raise :class:`LockedError`. Expired locks are ignored,
@@ -24,6 +25,8 @@ not bump the version and are not recorded in history.
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -125,6 +128,19 @@ def _later(seconds: float) -> str:
     )
 
 
+def _check_seconds(seconds: Any) -> float | None:
+    """None, or a finite number of seconds >= 0 as a float (bools are refused)."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real):
+        raise StoreInputError(
+            f"seconds must be a number of seconds >= 0 or None, got {type(seconds).__name__}."
+        )
+    if not math.isfinite(seconds) or seconds < 0:
+        raise StoreInputError(f"seconds must be a finite number >= 0, got {seconds!r}.")
+    return float(seconds)
+
+
 def _conflict(triplet_id: str, row: dict[str, Any], expected: int) -> ConflictError:
     return ConflictError(
         f"The label of triplet {triplet_id} was changed by {row['updated_by']} at "
@@ -176,17 +192,20 @@ class LabelsMixin(AnnotationsMixin):
         return counts
 
     # -- writing -----------------------------------------------------------------------------
-    def _history(self, db, triplet_id, version, user, at, action, before, after, note) -> None:
+    def _history(
+        self, db, triplet_id, version, user, at, action, before, after, note, seconds=None
+    ) -> None:
         db.execute(
             "INSERT INTO label_history "
-            "(triplet_id, version, user, at, action, before, after, note) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [triplet_id, version, user, at, action, before, after, note],
+            "(triplet_id, version, user, at, action, before, after, note, seconds) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [triplet_id, version, user, at, action, before, after, note, seconds],
         )
 
     def _insert_label(
-        self, db, triplet_id, rewards, *, status, origin, annotation_id, note, user, at
-    ):
+        self, db, triplet_id, rewards, *, status, origin, annotation_id, note, user, at,
+        seconds=None,
+    ):  # fmt: skip
         cols = {
             "triplet_id": triplet_id,
             "version": 1,
@@ -205,7 +224,7 @@ class LabelsMixin(AnnotationsMixin):
         )
         if cur.rowcount == 1:
             after = _snapshot(status, origin, rewards, annotation_id, note)
-            self._history(db, triplet_id, 1, user, at, "create", None, after, note)
+            self._history(db, triplet_id, 1, user, at, "create", None, after, note, seconds)
         return cur.rowcount == 1
 
     def update_label(
@@ -218,14 +237,17 @@ class LabelsMixin(AnnotationsMixin):
         status: str | None = None,
         note: str | None = None,
         release_lock: bool = True,
+        seconds: float | None = None,
     ) -> LabelRecord:
         """Change a label if it is still at ``expected_version``; return the new label.
 
         ``rewards`` None keeps the values (a pure review, e.g. ``status="accepted"``). When
         ``status`` is None it becomes ``fixed`` if the values changed, else ``accepted``.
         ``expected_version=0`` creates the first label of an unlabelled triplet (``origin``
-        human, status ``fixed`` by default). Raises ConflictError when the label moved on,
-        LockedError when another user holds it, NotFoundError for an unknown triplet.
+        human, status ``fixed`` by default). ``seconds`` is how long the reviewer worked on
+        the item (a finite number >= 0, or None when not measured); it is kept in the history
+        row. Raises ConflictError when the label moved on, LockedError when another user
+        holds it, NotFoundError for an unknown triplet.
         """
         require_text(user, "user")
         if (
@@ -240,6 +262,7 @@ class LabelsMixin(AnnotationsMixin):
             require_choice(status, REVIEW_STATUSES, "status")
         if note is not None and not isinstance(note, str):
             raise StoreInputError(f"note must be a string, got {type(note).__name__}.")
+        seconds = _check_seconds(seconds)
         new_rewards = as_rewards(rewards) if rewards is not None else None
         at = now()
         with self.transaction() as db:
@@ -253,7 +276,7 @@ class LabelsMixin(AnnotationsMixin):
                     raise StoreInputError("a new label needs rewards (three scores).")
                 self._insert_label(
                     db, triplet_id, new_rewards, status=status or "fixed", origin="human",
-                    annotation_id=None, note=note, user=user, at=at,
+                    annotation_id=None, note=note, user=user, at=at, seconds=seconds,
                 )  # fmt: skip
                 row = fetch_one(db, "SELECT * FROM labels WHERE triplet_id = ?", [triplet_id])
                 return _record(row)
@@ -288,8 +311,9 @@ class LabelsMixin(AnnotationsMixin):
             after = _snapshot(new_status, origin, values, old.annotation_id, new_note)
             action = "edit" if changed else "review"
             self._history(
-                db, triplet_id, expected_version + 1, user, at, action, before, after, note
-            )
+                db, triplet_id, expected_version + 1, user, at, action, before, after, note,
+                seconds,
+            )  # fmt: skip
             return _record(fetch_one(db, "SELECT * FROM labels WHERE triplet_id = ?", [triplet_id]))
 
     def set_label_from_annotation(

@@ -3,7 +3,7 @@
 Each migration is a list of SQL statements applied in one transaction together with its row
 in ``_sqlite_migrations``; :meth:`Store.__init__` applies the pending ones under ``BEGIN
 IMMEDIATE``, so two processes opening an old database at the same time cannot both migrate
-it. Never edit a migration that has shipped: append a new one (``0004_...``).
+it. Never edit a migration that has shipped: append a new one (``0005_...``).
 
 Conventions: timestamps are ISO-8601 UTC strings with microseconds (they sort as text);
 JSON columns are TEXT checked with ``json_valid``; the three perspectives are stored as
@@ -248,6 +248,15 @@ SELECT r.id, r.assignment_id, a.rater, a.item_id, a.system_a, a.output_a, a.syst
        a.output_b, a.a_side, r.a_following, r.a_preserving, r.a_quality, r.b_following,
        r.b_preserving, r.b_quality, r.preference, r.seconds, r.created_at
 FROM ratings r JOIN rating_assignments a ON a.id = r.assignment_id""",
+    ],
+)
+
+_migration(
+    "0004_label_seconds",
+    [
+        # How long the reviewer held the item before saving (None: not measured, e.g. a
+        # machine label or a save made before this migration).
+        "ALTER TABLE label_history ADD COLUMN seconds REAL CHECK (seconds IS NULL OR seconds >= 0)",
     ],
 )
 
