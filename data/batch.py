@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from core.fileio import write_atomic
 from core.judges.base import (
     BATCH_ERROR,
     Evaluation,
@@ -73,10 +72,7 @@ def load_state(store: Any) -> dict[str, Any]:
 
 def save_state(store: Any, state: dict[str, Any]) -> None:
     path = state_path(store)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".batches-", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(state, f, indent=1)
-    os.replace(tmp, path)  # atomic: a crash leaves the old or the new state, never half
+    write_atomic(path, json.dumps(state, indent=1))  # a crash leaves the old or new state
 
 
 def _in_flight_keys(state: dict[str, Any]) -> set[str]:

@@ -40,8 +40,8 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image, ImageChops
 
+from core.fileio import write_atomic
 from core.images import encode_png
-from core.store.base import write_atomically
 
 
 def serve_statically(folders: Iterable[str | Path]) -> None:
@@ -131,7 +131,7 @@ class DifferenceImages:
                 return str(target)
         with Image.open(original) as a, Image.open(edited) as b:
             data = encode_png(difference(a, b))
-        write_atomically(target, data)
+        write_atomic(target, data)
         with self._lock:
             self._used[key] = target
             self._used.move_to_end(key)

@@ -10,14 +10,17 @@ notebook) without a store or a UI. The frames are "long": one row per observatio
 Design choices (each is documented in docs/studio.md):
 
 * The human-score table (the paper's Table 3) averages each output's ratings over raters
-  first, then over benchmark items, and its 95% interval is a *cluster* bootstrap over items:
-  the ratings of one item by k raters are not independent observations, so resampling single
-  ratings would give intervals that are too narrow.
+  first, then over benchmark items, and its interval (95% by default) is a *cluster*
+  bootstrap over items: the ratings of one item by k raters are not independent observations,
+  so resampling single ratings would give intervals that are too narrow. Every interval here
+  comes from the project's one percentile bootstrap, :func:`train.stats.bootstrap_ci` /
+  :func:`train.stats.bootstrap_distribution`, each cell and the Bradley-Terry table seeded
+  with ``ResultsConfig.seed`` (so a cell's interval does not depend on the other cells).
 * Ties and "both bad" count half a win to each side, as in Chatbot Arena / GenAI-Arena.
 * The Bradley-Terry fit is the minorisation-maximisation algorithm of Hunter (2004) with a
   weak prior (one virtual tie between every pair of systems), which keeps ratings finite when
   a system wins or loses everything and ties otherwise unconnected systems together. Ratings
-  are on the Elo scale (400 log10 strength, mean 1000) with a bootstrap 95% interval.
+  are on the Elo scale (400 log10 strength, mean 1000) with a bootstrap interval.
 * Krippendorff's alpha is computed from the coincidence matrix (Krippendorff 2011,
   "Computing Krippendorff's Alpha-Reliability") for nominal, ordinal, interval and ratio data;
   scores 0-5 use the interval metric by default. Units with a single rating are not pairable
@@ -35,6 +38,7 @@ import pandas as pd
 from scipy import stats
 
 from core.rewards import PERSPECTIVES
+from train.stats import BootstrapConfig, bootstrap_ci, bootstrap_distribution
 
 OUTCOMES: tuple[str, ...] = ("a", "b", "tie", "both_bad")
 RATING_COLUMNS = ("item_id", "system", "rater", "perspective", "score")
@@ -48,6 +52,15 @@ class ResultsConfig:
     seed: int = 0  # bootstrap seed, so that a report is reproducible
     bt_prior: float = 1.0  # virtual ties between every pair of systems in the Bradley-Terry fit
     alpha_level: str = "interval"  # Krippendorff metric for 0-5 scores
+    confidence: float = 0.95  # two-sided level of every bootstrap interval
+
+    def bootstrap(self, n_resamples: int | None = None) -> BootstrapConfig:
+        """The :class:`train.stats.BootstrapConfig` behind this report's intervals."""
+        return BootstrapConfig(
+            n_resamples=self.n_bootstrap if n_resamples is None else n_resamples,
+            confidence=self.confidence,
+            seed=self.seed,
+        )
 
 
 def _require(frame: pd.DataFrame, columns: Sequence[str], name: str) -> pd.DataFrame:
@@ -61,22 +74,23 @@ def _require(frame: pd.DataFrame, columns: Sequence[str], name: str) -> pd.DataF
 
 
 def score_table(ratings: pd.DataFrame, config: ResultsConfig = ResultsConfig()) -> pd.DataFrame:
-    """Mean human score per system and perspective with a 95% cluster-bootstrap interval.
+    """Mean human score per system and perspective with a cluster-bootstrap interval.
 
     Returns one row per (system, perspective): ``mean, ci_low, ci_high, n_items, n_ratings``.
-    The interval is NaN when fewer than two items were rated.
+    The interval (``config.confidence``, 95% by default) is NaN when fewer than two items
+    were rated.
     """
     _require(ratings, RATING_COLUMNS, "ratings")
     rows = []
-    rng = np.random.default_rng(config.seed)
+    boot = config.bootstrap()
     for (system, perspective), group in ratings.groupby(["system", "perspective"], sort=True):
+        # Cluster bootstrap: resample items, each carrying the mean of its raters.
         per_item = group.groupby("item_id")["score"].mean().to_numpy(dtype=float)  # (I,)
         mean = float(per_item.mean())
         low = high = float("nan")
         if len(per_item) >= 2:
-            idx = rng.integers(0, len(per_item), size=(config.n_bootstrap, len(per_item)))
-            boot = per_item[idx].mean(axis=1)  # (n_bootstrap,)
-            low, high = (float(x) for x in np.quantile(boot, [0.025, 0.975]))
+            estimate = bootstrap_ci(per_item, np.mean, boot)
+            low, high = estimate.low, estimate.high
         rows.append(
             {
                 "system": system,
@@ -203,7 +217,11 @@ def _bt_strengths(
 
 
 def bradley_terry(prefs: pd.DataFrame, config: ResultsConfig = ResultsConfig()) -> pd.DataFrame:
-    """Bradley-Terry ratings (Elo scale, mean 1000) with a bootstrap 95% interval and rank."""
+    """Bradley-Terry ratings (Elo scale, mean 1000) with a bootstrap interval and rank.
+
+    The interval resamples comparisons (rows of ``prefs``) with
+    :func:`train.stats.bootstrap_distribution` and refits the model on each resample.
+    """
     cols = ["rank", "system", "rating", "ci_low", "ci_high", "n"]
     if prefs.empty:
         return pd.DataFrame(columns=cols)
@@ -218,15 +236,25 @@ def bradley_terry(prefs: pd.DataFrame, config: ResultsConfig = ResultsConfig()) 
         return 1000.0 + 400.0 * np.log10(strength)
 
     point = elo(_bt_strengths(systems, a_idx, b_idx, score_a, config.bt_prior))
-    rng = np.random.default_rng(config.seed)
-    n_boot = max(1, config.n_bootstrap // 10)  # each resample is a full fit; 200 is plenty
-    boots = np.empty((n_boot, len(systems)))
-    for b in range(n_boot):
-        pick = rng.integers(0, len(prefs), size=len(prefs))
-        boots[b] = elo(
-            _bt_strengths(systems, a_idx[pick], b_idx[pick], score_a[pick], config.bt_prior)
+
+    def refit(rows: np.ndarray, axis: int = -1) -> np.ndarray:
+        """(b, n) resampled comparison numbers -> (b, k) Elo ratings, one full fit per row."""
+        picks = np.moveaxis(rows, axis, -1).astype(np.intp)
+        return np.stack(
+            [
+                elo(_bt_strengths(systems, a_idx[p], b_idx[p], score_a[p], config.bt_prior))
+                for p in picks
+            ]
         )
-    low, high = np.quantile(boots, [0.025, 0.975], axis=0)
+
+    # The bootstrap resamples the comparison numbers 0..n-1 (exact as floats) and the statistic
+    # refits on the picked comparisons. It returns one rating per system, so the distribution
+    # is (n_boot, k) and the percentile interval is taken per system (column).
+    n_boot = max(1, config.n_bootstrap // 10)  # each resample is a full fit; 200 is plenty
+    boot = config.bootstrap(n_boot)
+    boots = bootstrap_distribution(np.arange(len(prefs), dtype=float), refit, boot)  # (B, k)
+    tail = (1.0 - boot.confidence) / 2.0
+    low, high = np.quantile(boots, [tail, 1.0 - tail], axis=0)  # (k,) each
     counts = _pairwise_counts(prefs).groupby("system").size()
     table = pd.DataFrame(
         {

@@ -235,7 +235,9 @@ def test_kill_nine_five_times_then_resume(tmp_path, serve):
 
 def test_ctrl_c_stores_what_arrived_and_dry_run_estimates(tmp_path, serve):
     store = make_store(tmp_path / "s.db", 60, seed=4)
-    srv = serve(store, FaultConfig(latency=0.05))
+    # 60 items x 0.25 s / 2 in flight = 7.5 s of work: a loaded machine can't finish it before
+    # the interrupt lands after the fifth label
+    srv = serve(store, FaultConfig(latency=0.25))
     dry = run_cli(store.path, srv.url, "--dry-run", "--model", "gpt-4o", "--limit", "50")
     out, err = dry.communicate(timeout=60)
     report = json.loads(out)

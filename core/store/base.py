@@ -21,8 +21,9 @@ lock is taken up front, so reads made inside the transaction cannot go stale bef
 write (no read-then-upgrade deadlocks, no ``SQLITE_BUSY_SNAPSHOT``), and either everything in
 the block is committed or nothing is.
 
-Image files are written before the rows that reference them, each atomically (temporary file
-in the same directory, then ``os.replace``). A failure between the two can leave an
+Image files are written before the rows that reference them, each atomically
+(:func:`core.fileio.write_atomic`: temporary file in the same directory, fsync, then
+``os.replace``). A failure between the two can leave an
 unreferenced file behind -- harmless, since the name is the content hash -- but never a row
 that points at a missing or half-written file.
 """
@@ -33,7 +34,6 @@ import contextlib
 import json
 import os
 import sqlite3
-import tempfile
 import threading
 import weakref
 from collections.abc import Iterator, Mapping
@@ -45,6 +45,7 @@ from typing import Any
 from PIL import Image
 from sqlite_utils import Database
 
+from core.fileio import write_atomic
 from core.images import ImageError, encode_png, image_hash, load_image
 from core.rewards import PERSPECTIVES, Label, Rewards, RewardValidationError
 
@@ -267,22 +268,8 @@ class StoreBase:
             return blob.row(path.stat().st_size, created_at)
         data = encode_png(blob.image)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, data)
+        write_atomic(path, data)
         return blob.row(len(data), created_at)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and
-    ``os.replace``: readers see the old file or the whole new one, never a partial one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem[:12]}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 _INHERITED: list[sqlite3.Connection] = []  # keep-alives a forked child must not close

@@ -8,13 +8,12 @@ measures new outputs. The table has one row per (system, item) with an output.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from core.fileio import write_atomic
 from core.images import load_image
 from train.metrics import ClipConfig, ClipScorer, MetricInput, compute_metrics
 
@@ -66,15 +65,8 @@ def compute_run_metrics(
             for (key, name, item_id, _), m in zip(part, compute_metrics(inputs, clip)):
                 cache[key] = m
                 rows.append({"system": name, "item_id": item_id, **m})
-        _write_atomic(cache_path, json.dumps(cache))
+        write_atomic(cache_path, json.dumps(cache))
     frame = pd.DataFrame(rows)
     if not frame.empty:
         frame.insert(2, "category", frame["item_id"].map(lambda i: run.items[i].category))
     return frame
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
