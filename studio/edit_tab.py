@@ -46,6 +46,12 @@ def _check(image: Any, instruction: str) -> str:
     return instruction
 
 
+def _prepare(ctx, request, image, instruction, scores, texts, *rest):
+    """The checks and settings shared by an edit and a reward sweep."""
+    ctx.access.user(username(request), CAN_EDIT, "run the model")
+    return _check(image, instruction), _settings(scores, texts, *rest)
+
+
 @user_errors
 def run_edit(
     ctx: StudioContext,
@@ -54,11 +60,9 @@ def run_edit(
     request: gr.Request, progress=gr.Progress(),
 ):  # fmt: skip
     """Edit the image; returns the before/after pair, a status line and the edit (state)."""
-    ctx.access.user(username(request), CAN_EDIT, "run the model")
-    instruction = _check(image, instruction)
-    settings = _settings(
-        [s_follow, s_preserve, s_quality], [t_follow, t_preserve, t_quality],
-        steps, text_cfg, image_cfg, reward_cfg, seed,
+    instruction, settings = _prepare(
+        ctx, request, image, instruction, [s_follow, s_preserve, s_quality],
+        [t_follow, t_preserve, t_quality], steps, text_cfg, image_cfg, reward_cfg, seed,
     )  # fmt: skip
     progress((0, settings.steps), desc="editing")
     before, after = ctx.model.edit(
@@ -79,11 +83,9 @@ def run_sweep(
     request: gr.Request, progress=gr.Progress(),
 ):  # fmt: skip
     """A grid: each row varies one perspective's reward (0, 2.5, 5), the others fixed."""
-    ctx.access.user(username(request), CAN_EDIT, "run the model")
-    instruction = _check(image, instruction)
-    settings = _settings(
-        [s_follow, s_preserve, s_quality], [t_follow, t_preserve, t_quality],
-        steps, text_cfg, image_cfg, reward_cfg, seed,
+    instruction, settings = _prepare(
+        ctx, request, image, instruction, [s_follow, s_preserve, s_quality],
+        [t_follow, t_preserve, t_quality], steps, text_cfg, image_cfg, reward_cfg, seed,
     )  # fmt: skip
     grid = ctx.model.sweep(
         image, instruction, settings,

@@ -179,9 +179,16 @@ def test_twenty_percent_faults_end_labelled_or_failed_with_reason(tmp_path, serv
 def run_cli(store_path, url, *extra, **popen):
     cmd = [sys.executable, "-m", "data.annotate", "--store", str(store_path), "--base-url", url,
            "--model", "shapes-vlm", "--no-progress", "--backoff", "0.01", *extra]  # fmt: skip
+    # a shell that starts the test run in the background (`pytest &`) makes SIGINT ignored, and
+    # ignored signals are inherited; give the annotator Python's normal Ctrl-C handling back
     return subprocess.Popen(
-        cmd, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
-    )
+        cmd, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_sigint, **popen,
+    )  # fmt: skip
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_quiet(srv, timeout=5.0):

@@ -315,15 +315,6 @@ def export_pipeline(models: Models, path: str | Path) -> Path:
             requires_safety_checker=False,
         )
     else:
-        from core.pipeline import MRCInstructPix2PixPipeline
-
-        pipe = MRCInstructPix2PixPipeline(
-            vae=models.vae,
-            text_encoder=models.text_encoder,
-            tokenizer=models.tokenizer,
-            unet=models.unet,
-            scheduler=models.scheduler,
-            reward_module=models.reward_module,
-        )
+        pipe = build_pipeline(models)
     pipe.save_pretrained(path)
     return path
