@@ -93,3 +93,25 @@ def shapes_items(n: int, size: int = 32, seed: int = 0) -> list[dict]:
             }
         )
     return items
+
+
+def judge_servers(default_store=None):
+    """A fixture body: yields ``make(store=..., faults=..., **kw)`` that starts local judge
+    servers over a Shapes store, and shuts every one down afterwards."""
+    from data.judge_faults import FaultConfig
+    from data.judge_server import ServerState, start_server
+    from data.shapes_judge import ShapesAnswerer
+
+    servers = []
+
+    def make(store=None, faults=None, **kw):
+        state = ServerState(
+            ShapesAnswerer.from_store(store or default_store), faults or FaultConfig(), **kw
+        )
+        servers.append(start_server(state))
+        return servers[-1]
+
+    yield make
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()

@@ -32,7 +32,7 @@ from data.judge_faults import FaultConfig
 from data.judge_server import ServerState, start_server
 from data.shapes.oracle import ShapesOracle
 from data.shapes_judge import ShapesAnswerer, ShapesJudge
-from tests._judge_fakes import shapes_items
+from tests._judge_fakes import judge_servers, shapes_items
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OPENAI_API_KEY="test", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
@@ -48,19 +48,7 @@ def make_store(path: Path, n: int, seed: int = 0) -> Store:
 
 @pytest.fixture
 def serve():
-    servers = []
-
-    def make(store: Store, faults: FaultConfig | None = None, **kw):
-        srv = start_server(
-            ServerState(ShapesAnswerer.from_store(store), faults or FaultConfig(), **kw)
-        )
-        servers.append(srv)
-        return srv
-
-    yield make
-    for srv in servers:
-        srv.shutdown()
-        srv.server_close()
+    yield from judge_servers()
 
 
 def oracle_labels(store: Store) -> dict:

@@ -29,10 +29,9 @@ from core.store import Store
 from data import batch as batch_mod
 from data.annotate_runner import read_ledger
 from data.judge_faults import REPLY_STYLES, FaultConfig, corrupt_reply, render_reply, reply_object
-from data.judge_server import ServerState, start_server
 from data.shapes.oracle import ShapesOracle
 from data.shapes_judge import ShapesAnswerer, ShapesJudge
-from tests._judge_fakes import png, shapes_items
+from tests._judge_fakes import judge_servers, png, shapes_items
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,19 +45,8 @@ def shapes_store(tmp_path_factory):
 
 @pytest.fixture
 def server(shapes_store):
-    servers = []
-
-    def make(faults: FaultConfig | None = None, **kw):
-        srv = start_server(
-            ServerState(ShapesAnswerer.from_store(shapes_store), faults or FaultConfig(), **kw)
-        )
-        servers.append(srv)
-        return srv
-
-    yield make
-    for srv in servers:
-        srv.shutdown()
-        srv.server_close()
+    for start in judge_servers(shapes_store):  # the loop's second turn shuts the servers down
+        yield lambda faults=None, _start=start, **kw: _start(faults=faults, **kw)
 
 
 def chat_body(store, triplet, prompt_name="annotate_all", images=None, **extra):
