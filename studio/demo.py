@@ -63,7 +63,7 @@ DEFAULT_DB_PATH = REPO / ".mrc" / "studio.db"
 class DemoConfig:
     n_train: int = 120  # noisy training triplets in the review queue
     n_bench_scenes: int = 3  # Shapes-Edit scenes, 7 items each (one per category)
-    size: int = 64  # Shapes image size in pixels
+    size: int = 32  # Shapes image size in pixels: the shipped demo models' resolution
     seed: int = 0  # everything in the demo store follows from this seed
     judge_noise: float = 0.35  # chance that the demo judge perturbs a perspective's score
 
