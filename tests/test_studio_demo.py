@@ -32,10 +32,24 @@ def test_demo_store_has_review_items_and_two_rated_runs(demo_store):
         label = store.get_label(tid)
         assert label.status == "pending" and label.origin == "judge"
     runs = store.list_runs()
-    assert sorted(r["settings"]["system"] for r in runs) == ["demo-corrupted", "demo-ground-truth"]
+    # The shipped demo models are in the repository, so raters compare their real outputs.
+    assert sorted(r["settings"]["system"] for r in runs) == ["shapes-baseline", "shapes-mrc"]
     assert all(r["n_outputs"] == 7 for r in runs)
     evaluation = default_evaluation(store)
     assert {evaluation.system_a, evaluation.system_b} == {r["name"] for r in runs}
+    for run in runs:  # every output has the oracle's verdict, for judge-vs-human agreement
+        verdicts = store.verdicts(run_id=run["id"], judge_model="shapes-oracle-v1", status="ok")
+        assert len(verdicts) == 7
+
+
+def test_without_the_demo_models_two_model_free_systems_stand_in(tmp_path, monkeypatch):
+    import studio.demo
+
+    monkeypatch.setattr(studio.demo, "_model_systems", lambda: None)
+    store = ensure_demo_store(tmp_path / "studio.db", SMALL)
+    runs = store.list_runs()
+    assert sorted(r["settings"]["system"] for r in runs) == ["demo-corrupted", "demo-ground-truth"]
+    assert all(r["n_outputs"] == 7 for r in runs)
     # The ground truth is exactly right, so the oracle gives it full marks.
     truth = next(r for r in runs if r["settings"]["system"] == "demo-ground-truth")
     verdicts = store.verdicts(run_id=truth["id"], judge_model="shapes-oracle-v1", status="ok")
