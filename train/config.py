@@ -72,6 +72,12 @@ class TrainConfig:
     tiny_config: dict = _f(
         {}, "core.tiny.TinyConfig overrides for model='tiny' (YAML mapping, or JSON on the CLI)."
     )
+    text_encoder: str = _f(
+        "",
+        "model='tiny' only: a CLIP folder (from 'python -m train.clip', e.g. "
+        "docs/demo_models/shapes_clip) whose pretrained text tower and tokenizer replace the "
+        "randomly initialised ones, frozen, as SD's CLIP is.",
+    )
     pixel_space: bool = _f(
         False,
         "model='tiny' only: use an AutoencoderKL set to the identity (latents = RGB pixels), "
@@ -149,6 +155,12 @@ class TrainConfig:
     )
     reward_dropout_prob: float = _f(
         0.1, "Stage 2: probability of replacing the reward by the learned null reward."
+    )
+    reward_text_dropout_prob: float = _f(
+        0.5,
+        "Stage 2: probability of replacing the three failure texts by empty ones while keeping the "
+        "scores. Judges write an empty text exactly when a score is perfect, so without it the "
+        "text already says everything and the scores (the studio's sliders) are never learned.",
     )
     snr_gamma: float = _f(0.0, "Min-SNR loss weighting gamma (0: plain MSE; 5 is common).")
     vae_kl_weight: float = _f(
@@ -243,6 +255,10 @@ class TrainConfig:
         if not 0 <= self.reward_dropout_prob <= 1:
             raise ValueError(
                 f"reward_dropout_prob must be in [0, 1]; got {self.reward_dropout_prob}."
+            )
+        if not 0 <= self.reward_text_dropout_prob <= 1:
+            raise ValueError(
+                f"reward_text_dropout_prob must be in [0, 1]; got {self.reward_text_dropout_prob}."
             )
         if not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1); got {self.ema_decay}.")

@@ -13,6 +13,7 @@ restores the whole state. Per optimizer step (with ``A`` = gradient accumulation
         text   -> "" embedding  where p < 2q             # conditioning dropout, p ~ U(g),
         c_I    -> zeros         where q <= p < 3q        #   q = conditioning_dropout_prob
         reward -> learned null  where u < reward_dropout  # stage 2
+        r_text -> empty texts   where v < reward_text_dropout  # stage 2: scores alone
         pred   = UNet([zt, c_I], t, text[, reward])
         loss   = mse(pred, n or v(z0, n, t)) [x min-SNR weight]; backward(loss / A)
     clip, AdamW step, LR schedule step, EMA step
@@ -41,6 +42,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
 
+from core.mrc import join_reward_texts
 from train.cache import FrozenEncoders, build_or_load, cache_key
 from train.checkpoints import (
     MetricsLog,
@@ -374,6 +376,10 @@ class _StepContext:
     ):
         self.cfg, self.models, self.encoders = cfg, models, encoders
         self.null_text = null_text.float()  # (L, D)
+        self.empty_reward_text = None
+        if cfg.stage == 2:  # what a request with scores and no failure texts sends
+            joined = join_reward_texts(("", "", ""), encoders.empty_text)
+            self.empty_reward_text = encoders.reward_texts([joined])[0].to(device)  # (D) or (L, D)
         self.device = device
         self.scaling = float(models.vae.config.scaling_factor)
         self.noise_scheduler = models.noise_scheduler
@@ -428,7 +434,7 @@ class _StepContext:
                 t,
                 text,
                 scores=cond["scores"],
-                reward_text_embeds=cond["reward_text_embeds"],
+                reward_text_embeds=self.reward_texts(cond["reward_text_embeds"], g),
                 drop_mask=u < cfg.reward_dropout_prob,
             ).sample
         else:
@@ -444,6 +450,13 @@ class _StepContext:
             weight = clipped / snr if cfg.prediction_type == "epsilon" else clipped / (snr + 1)
             per_sample = per_sample * weight
         return per_sample.mean()
+
+    def reward_texts(self, embeds: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Failure texts -> the empty texts with probability reward_text_dropout_prob, so that
+        the scores alone must carry the reward (drawn after every other draw of the step)."""
+        v = torch.rand(embeds.shape[0], generator=g).to(self.device)
+        drop = (v < self.cfg.reward_text_dropout_prob).view(-1, *([1] * (embeds.dim() - 1)))
+        return torch.where(drop, self.empty_reward_text.to(embeds.dtype), embeds)
 
     def autoencoder_loss(self, step: Any, pixels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Stage 0: pixel MSE of decode(sample of encode(x)) + a small KL to N(0, I)."""

@@ -177,6 +177,23 @@ def tiny_config_from(overrides: dict[str, Any], pixel_space: bool = False):
     return TinyConfig(**kw)
 
 
+def load_text_tower(folder: str | Path) -> tuple[Any, Any]:
+    """The text tower and tokenizer of a ``CLIPModel`` folder (``python -m train.clip``), as a
+    stock ``CLIPTextModel`` with exactly the CLIP's text weights."""
+    from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"text_encoder {folder} is not a CLIP folder (no config.json); make one with "
+            "'python -m train.clip' or point to a folder saved by CLIPModel.save_pretrained."
+        )
+    clip = CLIPModel.from_pretrained(str(folder))
+    text = CLIPTextModel(clip.config.text_config)
+    text.load_state_dict(clip.text_model.state_dict())
+    return text.eval(), CLIPTokenizer.from_pretrained(str(folder))
+
+
 def build_models(cfg: Any) -> Models:
     """Load or build the run's models according to ``cfg`` (a TrainConfig)."""
     from core.pipeline import MRCInstructPix2PixPipeline
@@ -186,12 +203,22 @@ def build_models(cfg: Any) -> Models:
 
         tcfg = tiny_config_from(cfg.tiny_config, cfg.pixel_space)
         parts = build_components(tcfg, seed=cfg.model_seed)
+        if cfg.text_encoder:
+            parts["text_encoder"], parts["tokenizer"] = load_text_tower(cfg.text_encoder)
+            width = parts["text_encoder"].config.hidden_size
+            if width != tcfg.text_dim:
+                raise ValueError(
+                    f"text_encoder {cfg.text_encoder} is {width} wide but tiny_config.text_dim is "
+                    f"{tcfg.text_dim}: set text_dim to {width} (the UNet's cross-attention width)."
+                )
         if cfg.pixel_space:
             parts["vae"] = identity_vae(tcfg.image_size)
         reward_module = None
         space = "pixel space, " if cfg.pixel_space else ""
+        text = f", text encoder {cfg.text_encoder}" if cfg.text_encoder else ""
         source = (
-            f"tiny ({space}seed {cfg.model_seed}): {dataclasses.asdict(tcfg) | {'words': '...'}}"
+            f"tiny ({space}seed {cfg.model_seed}{text}): "
+            f"{dataclasses.asdict(tcfg) | {'words': '...'}}"
         )
     else:
         pipe = MRCInstructPix2PixPipeline.from_pretrained(cfg.model)
