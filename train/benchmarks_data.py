@@ -1,7 +1,8 @@
 """Benchmark items: Real-Edit, Shapes-Edit, and any folder or store selection of edits.
 
 A benchmark is a list of :class:`BenchmarkItem` -- an input image, an instruction, and optionally
-a category, a ground-truth target image, a caption of the desired output, and judge context
+a category, a ground-truth target image, captions of the desired output and of the input, and
+judge context
 (the Shapes oracle's scene description). Every item has a stable ``item_id``, the key under which
 generations and verdicts are stored, so a re-run finds its earlier work.
 
@@ -10,7 +11,8 @@ Sources (:func:`load_benchmark` picks one from a short spec string):
 ``shapes`` / ``shapes?seed=S&size=PX&scenes=N`` / ``shapes:DIR``
     Shapes-Edit, the synthetic 560-item benchmark (80 scenes x 7 categories, exact ground truth),
     generated on the fly (``data.shapes.bench_scene``; defaults seed 0, 64 px, 80 scenes) or read
-    from the ``bench`` split of a folder written by ``python -m data synth``.
+    from the ``bench`` split of a folder written by ``python -m data synth``. Captions of the
+    input and the target come from :func:`data.shapes.captions.captions_from_meta`.
 ``real-edit:DIR`` / ``real-edit:OWNER/NAME``
     Real-Edit (paper §5: 80 Unsplash images x 7 instructions). Two local layouts are accepted:
 
@@ -30,8 +32,9 @@ Sources (:func:`load_benchmark` picks one from a short spec string):
     ``DIR/metadata.jsonl`` (the Hugging Face *imagefolder* convention), ``metadata.csv``,
     ``items.jsonl`` or ``items.csv``: one row per edit with an image path relative to ``DIR``
     (column ``file_name`` or ``image``), an ``instruction`` and optionally ``category``,
-    ``target`` (ground-truth image path), ``target_caption`` and ``id``. Column names can be
-    overridden with :class:`FolderColumns`.
+    ``target`` (ground-truth image path), ``target_caption`` (caption of the desired output),
+    ``source_caption`` (caption of the input) and ``id``. Column names can be overridden with
+    :class:`FolderColumns`.
 ``store:DB[?split=NAME]``
     Triplets already in the studio's SQLite store (see :func:`load_store_selection`).
 
@@ -73,6 +76,7 @@ class BenchmarkItem:
     category: str | None = None  # one of CATEGORIES for Real-Edit / Shapes-Edit
     target: ImageRef | None = None  # the ground-truth edited image, when known
     target_caption: str | None = None  # caption of the desired output (for CLIP-T)
+    source_caption: str | None = None  # caption of the input (with target_caption: CLIP direction)
     context: Mapping[str, Any] = field(default_factory=dict)  # ground truth for oracle judges
 
     def __post_init__(self) -> None:
@@ -196,6 +200,7 @@ class FolderColumns:
     category: str | None = None
     target: str | None = None  # ground-truth image path, relative to the folder
     target_caption: str | None = None
+    source_caption: str | None = None
     id: str | None = None
 
     CANDIDATES = {
@@ -204,6 +209,7 @@ class FolderColumns:
         "category": ("category", "edit_type", "type"),
         "target": ("target", "target_image", "ground_truth", "edited_image", "output_image"),
         "target_caption": ("target_caption", "output_caption", "caption"),
+        "source_caption": ("source_caption", "input_caption", "original_caption"),
         "id": ("id", "item_id"),
     }
 
@@ -274,7 +280,8 @@ def load_folder(
     if manifest is None:
         raise BenchmarkError(
             f"{root} has no manifest; expected one of {', '.join(MANIFEST_NAMES)} with one row "
-            "per edit (image path, instruction[, category, target, target_caption, id])."
+            "per edit (image path, instruction[, category, target, target_caption, "
+            "source_caption, id])."
         )
     rows = _read_manifest(manifest)
     if not rows:
@@ -293,9 +300,11 @@ def load_folder(
         target = None
         if cols["target"] and not _blank(row.get(cols["target"])):
             target = _resolve_file(root, row[cols["target"]], where)
-        caption = None
+        caption, source_caption = None, None
         if cols["target_caption"] and not _blank(row.get(cols["target_caption"])):
             caption = str(row[cols["target_caption"]])
+        if cols["source_caption"] and not _blank(row.get(cols["source_caption"])):
+            source_caption = str(row[cols["source_caption"]])
         if cols["id"] and not _blank(row.get(cols["id"])):
             item_id = str(row[cols["id"]])
         else:  # content-derived, so the id survives reordering of the manifest
@@ -306,7 +315,9 @@ def load_folder(
             if seen_ids[item_id] > 1:
                 item_id = f"{item_id}.{seen_ids[item_id]}"
         items.append(
-            BenchmarkItem(item_id, str(instruction).strip(), image, category, target, caption)
+            BenchmarkItem(
+                item_id, str(instruction).strip(), image, category, target, caption, source_caption
+            )
         )
     notes = [f"{uncategorised} item(s) have no category"] if uncategorised else []
     return Benchmark(name or root.name, items, str(root), notes)

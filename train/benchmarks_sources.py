@@ -6,7 +6,9 @@ Kept apart from :mod:`train.benchmarks_data` (items, Real-Edit, folders) because
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl
 
 from PIL import Image
@@ -25,7 +27,9 @@ def load_shapes(source: str | Path | None = None) -> Benchmark:
         that folder's ``bench`` split with :func:`data.shapes.load_split`.
 
     Each item's judge context is its Shapes meta (``size``, ``scene``, ``edit``): everything the
-    oracle needs, also stored with the item's triplet.
+    oracle needs, also stored with the item's triplet. Its ``source_caption`` / ``target_caption``
+    describe the input and the ground-truth result (:func:`data.shapes.captions.captions_from_meta`),
+    for CLIP-T and CLIP direction similarity.
     """
     from data.shapes import SynthConfig, bench_scene, load_split
 
@@ -54,6 +58,7 @@ def load_shapes(source: str | Path | None = None) -> Benchmark:
                 t.edit.category,
                 target=Image.fromarray(t.target),
                 context=t.meta,
+                **shapes_captions(t.meta, t.id),
             )  # fmt: skip
             for t in triplets
         ]
@@ -72,10 +77,24 @@ def load_shapes(source: str | Path | None = None) -> Benchmark:
             normalise_category(r.category),
             target=r.target,
             context=dict(r.meta),
+            **shapes_captions(r.meta, r.id),
         )  # fmt: skip
         for r in rows
     ]
     return Benchmark("shapes", items, str(folder))
+
+
+def shapes_captions(meta: Mapping[str, Any], item_id: str) -> dict[str, str]:
+    """``{"source_caption": ..., "target_caption": ...}`` of a Shapes item from its meta."""
+    from data.shapes.captions import captions_from_meta
+
+    try:
+        source, target = captions_from_meta(dict(meta))
+    except (KeyError, TypeError, ValueError) as e:
+        raise BenchmarkError(
+            f"Shapes item {item_id!r}: cannot caption its scene and edit ({type(e).__name__}: {e})."
+        ) from e
+    return {"source_caption": source, "target_caption": target}
 
 
 def load_store_selection(
@@ -89,7 +108,8 @@ def load_store_selection(
     """Triplets of the studio's store as benchmark items (input, instruction, category, target).
 
     The item id is the triplet's ``external_id`` when every selected triplet has a distinct one,
-    else the triplet id. Triplet ``meta`` becomes the judge context (e.g. Shapes ground truth).
+    else the triplet id. Triplet ``meta`` becomes the judge context (e.g. Shapes ground truth);
+    a triplet whose meta holds a Shapes ``scene`` and ``edit`` also gets its captions.
     """
     from core.store import Store
 
@@ -113,8 +133,17 @@ def load_store_selection(
             category=normalise_category(r["category"]),
             target=store.image_path(r["target"]) if r["target"] else None,
             context=dict(r["meta"]),
+            **(
+                shapes_captions(r["meta"], r["external_id"] or r["id"])
+                if _is_shapes_meta(r["meta"])
+                else {}
+            ),
         )
         for r in rows
     ]
     label = name or "store" + "".join(f"-{v}" for v in (split, source, category) if v)
     return Benchmark(label, items, str(path))
+
+
+def _is_shapes_meta(meta: Any) -> bool:
+    return isinstance(meta, Mapping) and "scene" in meta and "edit" in meta

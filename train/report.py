@@ -1,4 +1,4 @@
-"""Benchmark reports: the paper's Tables 1, 4 and 6 (with intervals and tests) as Markdown + CSV.
+"""Benchmark reports: the paper's Tables 1, 2, 4 and 6 (with intervals and tests) as Markdown + CSV.
 
 Everything here works on plain pandas frames, so a report can be rebuilt from the CSVs of a run
 (or from a notebook) without the store, the models or the judge.
@@ -386,6 +386,34 @@ def metrics_table(
                 }
             )
     return pd.DataFrame(rows, columns=["system", "metric", "n", "mean", "low", "high"])
+
+
+def table2_table(
+    metric_summary: pd.DataFrame, systems: Sequence[str], names: Sequence[str]
+) -> pd.DataFrame:
+    """The paper's Table 2 layout: one row per system, the metrics ``names`` side by side.
+
+    ``metric_summary`` is :func:`metrics_table`'s output (so the intervals are the same numbers).
+    Columns out: system, then per metric ``m``: ``m``, ``m_low``, ``m_high``, ``m_n`` (NaN and 0
+    where the metric does not apply, e.g. no ``--clip`` or no captions). Systems with no metric at
+    all are left out.
+    """
+    by = metric_summary.set_index(["system", "metric"])
+    rows = []
+    for system in systems:
+        if system not in set(metric_summary["system"]):
+            continue
+        row: dict[str, Any] = {"system": system}
+        for name in names:
+            have = (system, name) in by.index
+            r = by.loc[(system, name)] if have else None
+            row[name] = float(r["mean"]) if have else math.nan
+            row[f"{name}_low"] = float(r["low"]) if have else math.nan
+            row[f"{name}_high"] = float(r["high"]) if have else math.nan
+            row[f"{name}_n"] = int(r["n"]) if have else 0
+        rows.append(row)
+    columns = ["system"] + [f"{n}{k}" for n in names for k in ("", "_low", "_high", "_n")]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _num(x: Any) -> str:

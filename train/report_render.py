@@ -10,7 +10,9 @@
     controllability.png           judged vs requested score per perspective
     failures.csv                  failed items per system and reason
     agreement.csv                 judge vs ground-truth verdicts (when ground truth is given)
-    metrics.csv                   CLIP-I / CLIP-T / L1 / PSNR per system (when computed)
+    table2.csv                    L1 / CLIP-I / CLIP-T / CLIP direction per system, side by side
+                                  with intervals (the paper's Table 2; when metrics were computed)
+    metrics.csv                   every reference metric per system (long format, with intervals)
     verdicts.csv                  the raw verdict table everything above is computed from
 """
 
@@ -24,7 +26,7 @@ from typing import Any
 import pandas as pd
 
 from core.rewards import PERSPECTIVES
-from train.metrics import METRIC_TITLES, PERCENT_METRICS
+from train.metrics import METRIC_TITLES, PERCENT_METRICS, TABLE2_METRICS
 from train.report import (
     ALL,
     ReportConfig,
@@ -36,6 +38,7 @@ from train.report import (
     paired_table,
     summary_table,
     sweep_groups,
+    table2_table,
 )
 
 SHORT = {"following": "Following", "preserving": "Preserving", "quality": "Quality"}
@@ -181,6 +184,15 @@ def agreement_section(agree: pd.DataFrame) -> str:
                      "score MAE", "within 1 point", "Spearman", "not compared"], rows)  # fmt: skip
 
 
+def _metric_cell(name: str, mean: float, low: float, high: float) -> str:
+    """``mean [low, high]``: CLIP metrics as 100 x cosine (1 decimal), PSNR in dB, L1 4 decimals."""
+    if mean is None or math.isnan(mean):
+        return "n/a"
+    k = 100.0 if name in PERCENT_METRICS else 1.0
+    d = 1 if name in PERCENT_METRICS or name == "psnr" else 4
+    return f"{k * mean:.{d}f} [{k * low:.{d}f}, {k * high:.{d}f}]"
+
+
 def metrics_section(table: pd.DataFrame, systems: Sequence[str]) -> str:
     names = list(dict.fromkeys(table["metric"]))
     rows = []
@@ -194,11 +206,43 @@ def metrics_section(table: pd.DataFrame, systems: Sequence[str]) -> str:
                 cells.append("n/a")
                 continue
             r = g.loc[n]
-            k = 100.0 if n in PERCENT_METRICS else 1.0
-            d = 1 if n in PERCENT_METRICS or n == "psnr" else 4
-            cells.append(f"{k * r['mean']:.{d}f} [{k * r['low']:.{d}f}, {k * r['high']:.{d}f}]")
+            cells.append(_metric_cell(n, r["mean"], r["low"], r["high"]))
         rows.append(cells)
     return md_table(["system", *[METRIC_TITLES.get(n, n) for n in names]], rows)
+
+
+TABLE2_HEADERS = {
+    "l1": "L1 ↓",
+    "clip_i": "CLIP-I ↑",
+    "clip_t": "CLIP-T ↑",
+    "clip_direction": "CLIP direction ↑",
+}
+
+
+def table2_section(table2: pd.DataFrame, names: Sequence[str] = TABLE2_METRICS) -> str:
+    """The paper's Table 2 layout from :func:`train.report.table2_table`."""
+    rows = []
+    for r in table2.to_dict("records"):
+        cells = [f"`{r['system']}`"]
+        cells += [_metric_cell(n, r[n], r[f"{n}_low"], r[f"{n}_high"]) for n in names]
+        cells.append(max(int(r[f"{n}_n"]) for n in names))
+        rows.append(cells)
+    return md_table(["System", *[TABLE2_HEADERS.get(n, n) for n in names], "items"], rows)
+
+
+def _table2_missing(table2: pd.DataFrame, names: Sequence[str]) -> str:
+    """Why a Table 2 column is n/a, for the columns that are n/a for every system."""
+    why = {
+        "l1": "needs ground-truth targets",
+        "clip_i": "needs ground-truth targets and `--clip`",
+        "clip_t": "needs target captions and `--clip`",
+        "clip_direction": "needs captions of the input and the target, and `--clip`",
+    }
+    empty = [n for n in names if table2[n].isna().all()]
+    if not empty:
+        return ""
+    return "n/a: " + "; ".join(f"{TABLE2_HEADERS.get(n, n)} {why.get(n, 'not computed')}"
+                               for n in empty) + "."  # fmt: skip
 
 
 def failures_section(failures: pd.DataFrame) -> str:
@@ -298,7 +342,17 @@ def write_report(
     if metrics is not None and not metrics.empty:
         mt = metrics_table(metrics, names, config)
         save(mt, "metrics.csv")
-        md += ["## Reference metrics (Table 2 analogue)",
+        t2 = table2_table(mt, names, TABLE2_METRICS)
+        save(t2, "table2.csv")
+        md += ["## Table 2: L1, CLIP-I, CLIP-T and CLIP direction per system",
+               f"Means over items with a {100 * b.confidence:g}% percentile-bootstrap interval "
+               f"({b.n_resamples} resamples, seed {b.seed}). L1: mean absolute difference to the "
+               "ground-truth target on [0, 1] pixels (lower is better). CLIP-I: output vs target "
+               "image; CLIP-T: output vs caption of the target; CLIP direction: cosine of the "
+               "image change (output - input) with the caption change (target caption - input "
+               "caption); all 100 x cosine (higher is better).",
+               table2_section(t2), _table2_missing(t2, TABLE2_METRICS),
+               "### All reference metrics",
                "CLIP similarities are 100 x cosine; L1 on [0, 1] pixels; PSNR in dB.",
                metrics_section(mt, names)]  # fmt: skip
 

@@ -1,12 +1,18 @@
-"""Reference metrics of every output of a run (L1 / PSNR to ground truth, CLIP-I / CLIP-T).
+"""Reference metrics of every output of a run (L1 / PSNR to ground truth, CLIP-I / CLIP-T /
+CLIP direction).
 
 Computed in one batched pass per run (see :func:`train.metrics.compute_metrics`) and cached in a
-JSON file keyed by (output image hash, benchmark triplet, CLIP model), so a resumed run only
-measures new outputs. The table has one row per (system, item) with an output.
+JSON file keyed by (output image hash, benchmark triplet, CLIP model -- a local folder by its
+path and contents, see :func:`~train.evaluate.systems.model_digest` --, the item's captions), so a
+resumed run only measures new outputs and a caption that changed (or appeared: Shapes items got
+captions later than the cache format's first version) is measured again. Keys carry a version
+prefix; entries of older formats are dropped when the cache is read. The table has one row per
+(system, item) with an output.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -15,11 +21,22 @@ import pandas as pd
 
 from core.fileio import write_atomic
 from core.images import load_image
+from train.evaluate.systems import model_digest
 from train.metrics import ClipConfig, ClipScorer, MetricInput, compute_metrics
 
+CACHE_VERSION = "v2"  # v2: keys include the captions (CLIP-T, CLIP direction depend on them)
 
-def _key(output_hash: str, triplet_id: str, clip: str | None) -> str:
-    return f"{output_hash}|{triplet_id}|{clip or '-'}"
+
+def _key(
+    output_hash: str,
+    triplet_id: str,
+    clip: str | None,
+    target_caption: str | None = None,
+    source_caption: str | None = None,
+) -> str:
+    captions = json.dumps([target_caption, source_caption])
+    digest = hashlib.sha256(captions.encode("utf-8")).hexdigest()[:16]
+    return f"{CACHE_VERSION}|{output_hash}|{triplet_id}|{clip or '-'}|{digest}"
 
 
 def compute_run_metrics(
@@ -27,17 +44,30 @@ def compute_run_metrics(
 ) -> pd.DataFrame:
     """Metrics of every output in ``run`` (a :class:`~train.evaluate.runner.BenchmarkRun`)."""
     cache_path = Path(cache_path)
+    clip_id = clip_model
+    if clip_model and Path(clip_model).expanduser().is_dir():  # retrained in place: new values
+        clip_id = f"{clip_model}#{model_digest(clip_model)}"
     cache: dict[str, dict[str, float]] = {}
     if cache_path.is_file():
         try:
             cache = json.loads(cache_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             cache = {}  # a damaged cache is only a cache: recompute everything
+        if not isinstance(cache, dict):
+            cache = {}
+        cache = {k: v for k, v in cache.items() if k.startswith(CACHE_VERSION + "|")}
     todo: list[tuple[str, str, str, Any]] = []  # (key, system, item_id, output row)
     rows = []
     for name, state in run.states.items():
         for item_id, out in state.outputs.items():
-            key = _key(out["image"], run.triplet_of[item_id], clip_model)
+            item = run.items[item_id]
+            key = _key(
+                out["image"],
+                run.triplet_of[item_id],
+                clip_id,
+                item.target_caption,
+                item.source_caption,
+            )
             if key in cache:
                 rows.append({"system": name, "item_id": item_id, **cache[key]})
             else:
@@ -60,6 +90,7 @@ def compute_run_metrics(
                         item.instruction,
                         item.load_target(),
                         item.target_caption,
+                        item.source_caption,
                     )  # fmt: skip
                 )
             for (key, name, item_id, _), m in zip(part, compute_metrics(inputs, clip)):
