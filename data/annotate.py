@@ -8,8 +8,10 @@ Where triplets come from (they are always added to the store first, so labels at
   (layouts in :mod:`data.interop`).
 
 Which judge: ``--judge openai`` (default; any OpenAI-compatible server: OpenAI, Azure with
-``--azure-endpoint``, vLLM or ``python -m data.judge_server`` with ``--base-url``) or
-``--judge shapes-oracle`` (the exact Shapes oracle, no network).
+``--azure-endpoint``, vLLM or ``python -m data.judge_server`` with ``--base-url``),
+``--judge shapes-oracle`` (the exact Shapes oracle, no network) or ``--judge
+reward-model:FOLDER`` (a learned reward model, ``python -m train.reward_model``; local, free,
+its per-perspective standard deviation stored in each annotation's ``meta["std"]``).
 
 What a run does: plan the jobs whose content key has no result yet (``--only-failed``: those that
 failed and never succeeded), judge them with ``--concurrency`` in flight under the rate limits,
@@ -48,7 +50,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     src.add_argument("--split", help="only triplets of this split (e.g. train, bench)")
     src.add_argument("--source", help="only triplets of this source")
     j = ap.add_argument_group("judge")
-    j.add_argument("--judge", choices=("openai", "shapes-oracle"), default="openai")
+    j.add_argument(
+        "--judge",
+        type=_judge_name,
+        default="openai",
+        help="openai | shapes-oracle | reward-model:FOLDER (a trained reward model) [openai]",
+    )
     j.add_argument("--model", default="gpt-4o", help="model (Azure: deployment) [gpt-4o]")
     j.add_argument(
         "--mode",
@@ -97,6 +104,16 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     b.add_argument("--batch-max-lines", type=int, default=50_000)
 
 
+def _judge_name(text: str) -> str:
+    if text in ("openai", "shapes-oracle") or (
+        text.startswith("reward-model:") and len(text) > len("reward-model:")
+    ):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"unknown judge {text!r}; choose openai, shapes-oracle or reward-model:FOLDER"
+    )
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     ap = subparsers.add_parser(
         "annotate",
@@ -114,6 +131,13 @@ def make_judge(args: argparse.Namespace, store: Any) -> Judge:
         from data.shapes_judge import ShapesJudge
 
         return ShapesJudge(store)
+    if args.judge.startswith("reward-model:"):
+        from core.judges.reward_model_judge import RewardModelJudge
+
+        try:
+            return RewardModelJudge(args.judge.split(":", 1)[1])
+        except (ValueError, OSError) as e:
+            raise SystemExit(f"error: {e}") from None
     import os
 
     key = os.environ.get(args.api_key_env) if args.api_key_env else None

@@ -137,6 +137,8 @@ def result_record(job: Job, result: JudgeResult, run_id: str) -> dict[str, Any]:
         "key": job.key,
         "meta": meta,
     }
+    if result.std is not None:
+        meta["std"] = dict(result.std)  # the judge's confidence per perspective
     if result.ok:
         if result.task == "annotate":
             rec["rewards"] = result.rewards

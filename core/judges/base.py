@@ -212,6 +212,9 @@ class JudgeResult:
     reason: str = ""  # a full sentence when failed
     usage: Usage = field(default_factory=Usage)
     attempts: int = 1
+    # per-perspective standard deviation of the scores, from judges that predict one (the
+    # learned reward model): the label's confidence; None for judges that do not
+    std: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         validate_task(self.task)

@@ -67,7 +67,7 @@ class EvalConfig:
     dtype: str = "float32"
     threads: int | None = None  # torch CPU threads
     # judging
-    judge: str = "oracle"  # oracle | openai
+    judge: str = "oracle"  # oracle | openai | reward-model:FOLDER
     judge_model: str = "gpt-4o"
     judge_mode: str = "one"
     judge_base_url: str | None = None
@@ -85,6 +85,16 @@ class EvalConfig:
     gallery_items: int = 21
     report_only: bool = False
     progress: bool = True
+
+
+def _judge_name(text: str) -> str:
+    if text in ("oracle", "openai") or (
+        text.startswith("reward-model:") and len(text) > len("reward-model:")
+    ):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"unknown judge {text!r}; choose oracle, openai or reward-model:FOLDER"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default=d.dtype, choices=("float32", "float16", "bfloat16"))
     s.add_argument("--threads", type=int, help="torch CPU threads [torch's default]")
     j = ap.add_argument_group("judge")
-    j.add_argument("--judge", default=d.judge, choices=("oracle", "openai"),
-                   help="oracle: the exact Shapes judge; openai: any OpenAI-compatible VLM [oracle]")  # fmt: skip
+    j.add_argument("--judge", default=d.judge, type=_judge_name,
+                   help="oracle: the exact Shapes judge; openai: any OpenAI-compatible VLM; "
+                        "reward-model:FOLDER: a trained reward model (local, free) [oracle]")  # fmt: skip
     j.add_argument("--judge-model", default=d.judge_model, help=f"VLM model [{d.judge_model}]")
     j.add_argument("--judge-mode", default=d.judge_mode, choices=("one", "three"),
                    help="one call per output, or the paper's three [one]")  # fmt: skip
@@ -185,6 +196,10 @@ def make_judge(cfg: EvalConfig, store: Any) -> Judge:
         from data.shapes_judge import ShapesJudge
 
         return ShapesJudge(store)
+    if cfg.judge.startswith("reward-model:"):
+        from core.judges.reward_model_judge import RewardModelJudge
+
+        return RewardModelJudge(cfg.judge.split(":", 1)[1], device=cfg.device)
     from core.judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig
 
     return OpenAIJudge(
