@@ -134,6 +134,22 @@ def test_stage1_exports_stock_instructpix2pix_layout(data, tmp_path):
     ours = MRCInstructPix2PixPipeline.from_pretrained(path)
     assert torch.equal(ours.unet.conv_in.weight, stock.unet.conv_in.weight)
 
+    # Fine-tuning it keeps its noise schedule (v-prediction) unless told otherwise ...
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tuned = train(TrainConfig.from_dict(settings(data, tmp_path / "s2", model=str(path))))
+    assert not [w for w in caught if "was trained with" in str(w.message)]
+    assert (
+        json.loads((tuned / "scheduler" / "scheduler_config.json").read_text())["prediction_type"]
+        == "v_prediction"
+    )
+    # ... and an explicit change is allowed but warned about.
+    with pytest.warns(UserWarning, match="trained with {'prediction_type': 'v_prediction'}"):
+        cfg = settings(data, tmp_path / "s3", model=str(path), prediction_type="epsilon")
+        train(TrainConfig.from_dict(cfg))
+
 
 def test_cached_and_uncached_runs_follow_the_same_curve(data, tmp_path):
     a, b = tmp_path / "cached", tmp_path / "uncached"

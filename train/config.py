@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 DATA_SOURCES = ("shapes", "hf", "rewardedit", "store")
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("", "epsilon", "v_prediction")
 TRAINABLE = ("all", "reward")
 BAD_DATA_POLICIES = ("skip", "stop")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -88,7 +88,10 @@ class TrainConfig:
         "all", "Stage 2 only: 'all' trains UNet + reward module; 'reward' trains the reward module."
     )
     prediction_type: str = _f(
-        "epsilon", "What the UNet predicts: 'epsilon' (noise) or 'v_prediction' (velocity)."
+        "",
+        "What the UNet predicts: 'epsilon' (noise) or 'v_prediction' (velocity); '' keeps the "
+        "loaded pipeline's scheduler setting (model='tiny': epsilon). Changing a loaded model's "
+        "setting is allowed but warned about: it retrains the model's output meaning.",
     )
     beta_schedule: str = _f(
         "", "Override the noise schedule (linear, scaled_linear, squaredcos_cap_v2); '' keeps it."

@@ -439,7 +439,8 @@ class _StepContext:
             ).sample
         else:
             pred = module(model_input, t, text).sample
-        if cfg.prediction_type == "epsilon":
+        prediction_type = self.noise_scheduler.config.prediction_type
+        if prediction_type == "epsilon":
             target = noise
         else:
             target = self.noise_scheduler.get_velocity(latents, noise, t)
@@ -447,7 +448,7 @@ class _StepContext:
         if cfg.snr_gamma > 0:
             snr = compute_snr(self.noise_scheduler, t)
             clipped = torch.clamp(snr, max=cfg.snr_gamma)
-            weight = clipped / snr if cfg.prediction_type == "epsilon" else clipped / (snr + 1)
+            weight = clipped / snr if prediction_type == "epsilon" else clipped / (snr + 1)
             per_sample = per_sample * weight
         return per_sample.mean()
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,19 @@ def tiny_config_from(overrides: dict[str, Any], pixel_space: bool = False):
     return TinyConfig(**kw)
 
 
+def _warn_schedule_changes(model: str, loaded: Any, overrides: dict[str, Any]) -> None:
+    """Fine-tuning keeps a pipeline's noise schedule unless told otherwise; say so when told."""
+    changed = {k: v for k, v in overrides.items() if loaded.get(k) != v}
+    if changed:
+        was = {k: loaded.get(k) for k in changed}
+        warnings.warn(
+            f"{model} was trained with {was}; this run trains it with {changed}. Its outputs "
+            "will be wrong until the UNet has re-learned them: drop the flag to keep the "
+            "pipeline's own setting.",
+            stacklevel=3,
+        )
+
+
 def load_text_tower(folder: str | Path) -> tuple[Any, Any]:
     """The text tower and tokenizer of a ``CLIPModel`` folder (``python -m train.clip``), as a
     stock ``CLIPTextModel`` with exactly the CLIP's text weights."""
@@ -243,14 +257,18 @@ def build_models(cfg: Any) -> Models:
     if cfg.stage in (0, 1):
         reward_module = None
 
-    overrides: dict[str, Any] = {"prediction_type": cfg.prediction_type}
+    sched = parts["scheduler"]
+    overrides: dict[str, Any] = {}
+    if cfg.prediction_type:
+        overrides["prediction_type"] = cfg.prediction_type
     if cfg.beta_schedule:
         overrides["beta_schedule"] = cfg.beta_schedule
     if cfg.beta_start:
         overrides["beta_start"] = cfg.beta_start
     if cfg.beta_end:
         overrides["beta_end"] = cfg.beta_end
-    sched = parts["scheduler"]
+    if cfg.model != "tiny":
+        _warn_schedule_changes(cfg.model, sched.config, overrides)
     scheduler = type(sched).from_config(sched.config, **overrides)
     noise_scheduler = DDPMScheduler.from_config(sched.config, **overrides)
 
