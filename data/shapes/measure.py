@@ -79,13 +79,36 @@ CROSS = ndimage.generate_binary_structure(2, 1)  # 4-neighbourhood: n steps = a 
 
 
 def erode(mask: np.ndarray, n: int) -> np.ndarray:
-    if n <= 0:
-        return mask
-    return ndimage.binary_erosion(mask, structure=CROSS, iterations=n, border_value=0)
+    """``n`` steps of 4-neighbour erosion (outside the image counts as empty).
+
+    Same result as ``ndimage.binary_erosion(mask, CROSS, iterations=n, border_value=0)``, in
+    numpy slices: several times faster on the small masks the oracle uses.
+    """
+    out = np.asarray(mask, bool)
+    for _ in range(max(0, n)):
+        new = out.copy()
+        new[0, :] = new[-1, :] = False
+        new[:, 0] = new[:, -1] = False
+        new[1:] &= out[:-1]
+        new[:-1] &= out[1:]
+        new[:, 1:] &= out[:, :-1]
+        new[:, :-1] &= out[:, 1:]
+        out = new
+    return out
 
 
 def dilate(mask: np.ndarray, n: int) -> np.ndarray:
-    return ndimage.binary_dilation(mask, structure=CROSS, iterations=n) if n > 0 else mask
+    """``n`` steps of 4-neighbour dilation (a diamond of radius n); same result as
+    ``ndimage.binary_dilation(mask, CROSS, iterations=n)``, in numpy slices."""
+    out = np.asarray(mask, bool)
+    for _ in range(max(0, n)):
+        new = out.copy()
+        new[1:] |= out[:-1]
+        new[:-1] |= out[1:]
+        new[:, 1:] |= out[:, :-1]
+        new[:, :-1] |= out[:, 1:]
+        out = new
+    return out
 
 
 def nearest_colour(c: np.ndarray) -> tuple[str, float]:
@@ -298,6 +321,36 @@ def band_lines(edited: np.ndarray, target: np.ndarray, min_offset: float = 15.0)
             else:
                 out[:, a:b] = True
     return out
+
+
+def shift_mask(m: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``m`` moved by (dy, dx) pixels; what leaves the array is dropped (no wrap-around)."""
+    if dy == dx == 0:
+        return m
+    out = np.zeros_like(m)
+    h, w = m.shape
+    if abs(dy) >= h or abs(dx) >= w:
+        return out
+    src = m[max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)]
+    out[max(0, dy) : max(0, dy) + src.shape[0], max(0, dx) : max(0, dx) + src.shape[1]] = src
+    return out
+
+
+def noise_level(
+    edited: np.ndarray, edited_m: np.ndarray, flat: np.ndarray, tol: float = 60.0
+) -> float:
+    """Image-wide noise: the share of channel values more than ``tol`` off the median view.
+
+    Counted on ``flat`` (where the reference is flat), and only in the direction away from
+    the nearer end of the 0..255 range (then doubled), so that clipping does not hide noise on
+    saturated colours: Gaussian noise of sigma 30 gives ~0.05, 45 ~0.17, 60 ~0.3, 80 ~0.4,
+    uniform noise ~0.55 (Shapes-Edit targets, 32 and 64 px).
+    """
+    count = int(np.count_nonzero(flat))
+    if not count:
+        return 0.0
+    off = np.where(edited_m > 127.5, edited_m - edited, edited - edited_m) > tol
+    return float(2 * np.count_nonzero(off & flat[..., None]) / (3 * count))
 
 
 def object_contrast(imgs: list[np.ndarray], mask: np.ndarray, width: int) -> list[float] | None:

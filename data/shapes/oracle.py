@@ -9,7 +9,10 @@ it judges the synthetic training data. Every number is documented in ``docs/shap
   ``completion`` (see ``measure.completion``) on Gaussian-smoothed images, mapped linearly to
   [0, 5] (>= ``follow_full`` gives 5). Before measuring, the reference is *aligned* where the
   instruction leaves freedom: an added object may sit anywhere in the named zone, and a
-  stripe/check pattern may have any phase.
+  stripe/check pattern may have any phase. An edit only counts where the rest of the scene is
+  still recognisable: the objects the instruction did not name must stand where the target has
+  them (colour-free; ``Measurer._scene_seen``) and the image must not be drowned in noise, so a
+  uniform image, noise or a shifted or zoomed copy never passes (``scene_*``, ``noise_*``).
 * **preserving** = 5 minus ``change_cost`` per object-sized unexplained change outside the edit
   region: an unnamed object whose colour shifted or that vanished, a background tint, or a
   solid shape that appeared. For global and style edits (whose region is everything) it checks
@@ -45,6 +48,10 @@ class OracleConfig:
     tol: float = 30.0  # following: per-pixel colour error forgiven (model imprecision)
     follow_full: float = 0.85  # completion at or above which following scores 5
     follow_zero: float = 0.10  # completion at or below which following scores 0
+    scene_ok: float = 0.75  # following: share of kept objects seen in place for no cap...
+    scene_lost: float = 0.5  # ... at or below which the scene is lost (following 0)
+    noise_ok: float = 0.20  # following: image-wide noise level (measure.noise_level) forgiven
+    noise_lost: float = 0.30  # ... at or above which the scene is lost in noise (following 0)
     shift_tol: float = 30.0  # preserving: mean colour shift of an unnamed object forgiven
     shift_full: float = 90.0  # ... a shift this large counts as one whole changed object
     tint_full: float = 70.0  # background shift that counts as one whole change
@@ -66,6 +73,10 @@ class OracleConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.follow_zero < self.follow_full <= 1:
             raise ValueError("need 0 <= follow_zero < follow_full <= 1")
+        if not 0 <= self.scene_lost < self.scene_ok <= 1:
+            raise ValueError("need 0 <= scene_lost < scene_ok <= 1")
+        if not 0 <= self.noise_ok < self.noise_lost:
+            raise ValueError("need 0 <= noise_ok < noise_lost")
         if not 0 <= self.yes_threshold <= 5:
             raise ValueError(f"yes_threshold must be in [0, 5], got {self.yes_threshold}")
         if not 0 < self.score_step <= 5:

@@ -120,6 +120,16 @@ def following(m: Measurer, done: float, alpha: float) -> str:
     )
 
 
+def scene_lost(m: Measurer, noise: bool) -> str:
+    """Why an edit does not count: the rest of the scene is gone (or drowned in noise)."""
+    names = [f"the {name}" for name in (m.lost or m.unclear)[:3]]
+    if noise or not names:
+        return "the image is lost in noise"
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    verb = "is" if len(names) == 1 else "are"
+    return f"{listed} {verb} {'lost' if m.lost else 'distorted'}"
+
+
 def tint_word(shift: np.ndarray) -> str:
     """A human word for a colour shift vector (R, G, B)."""
     r, g, b = (float(v) for v in shift)
