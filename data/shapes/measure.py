@@ -323,19 +323,6 @@ def band_lines(edited: np.ndarray, target: np.ndarray, min_offset: float = 15.0)
     return out
 
 
-def shift_mask(m: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """``m`` moved by (dy, dx) pixels; what leaves the array is dropped (no wrap-around)."""
-    if dy == dx == 0:
-        return m
-    out = np.zeros_like(m)
-    h, w = m.shape
-    if abs(dy) >= h or abs(dx) >= w:
-        return out
-    src = m[max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)]
-    out[max(0, dy) : max(0, dy) + src.shape[0], max(0, dx) : max(0, dx) + src.shape[1]] = src
-    return out
-
-
 def noise_level(
     edited: np.ndarray, edited_m: np.ndarray, flat: np.ndarray, tol: float = 60.0
 ) -> float:
