@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
+from scipy.ndimage import median_filter
 
 from core.pipeline import MRCInstructPix2PixPipeline
 
@@ -33,8 +36,9 @@ def test_demo_model_folders_load_and_match_their_configs(name, stage):
     trained = yaml.safe_load((folder / "training_config.yaml").read_text())
     shipped = yaml.safe_load((ROOT / "train" / "configs" / f"{name}.yaml").read_text())
     assert trained["stage"] == stage
-    for key in ("tiny_config", "prediction_type", "train_batch_size", "learning_rate", "seed"):
-        assert trained[key] == shipped[key], key
+    for key, value in shipped.items():  # made by exactly the shipped config
+        assert trained[key] == value, key
+    assert trained["model"] == "runs/shapes_stage1/pipeline"  # both arms from the same stage 1
     pipe = MRCInstructPix2PixPipeline.from_pretrained(folder)
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     assert pipe.unet.config.in_channels == 6 and pipe.unet.config.sample_size == 32
@@ -63,3 +67,54 @@ def test_demo_models_reproduce_the_documented_verdicts(tmp_path):
         agree = (g["passed"] == g["passed_doc"]).sum()
         assert agree >= 6, f"{system} {perspective}: {agree}/7 verdicts as documented"
         assert abs(g["score"].mean() - g["score_doc"].mean()) <= 0.5, (system, perspective)
+
+
+# -- the sliders steer (issue: "the method, visible") -----------------------------------------
+
+
+def artifact_energy(img: np.ndarray) -> float:
+    """Mean distance of each pixel from its 3x3 median: ~0 on flat Shapes art, large on noise."""
+    x = img.astype(np.float32)
+    return float(np.abs(x - median_filter(x, size=(3, 3, 1))).mean())
+
+
+@pytest.fixture(scope="module")
+def steering_outputs():
+    """MRC outputs of eight Shapes-Edit items at 5/5/5, 0/5/5 and 5/5/0 (empty failure texts)."""
+    from train.benchmarks_data import load_benchmark
+
+    pipe = MRCInstructPix2PixPipeline.from_pretrained(MODELS / "shapes_mrc")
+    items = [it for it in load_benchmark("shapes?size=32").items if it.category != "style"][::97][
+        :4
+    ]
+    out = {}
+    for rewards in ((5, 5, 5), (0, 5, 5), (5, 5, 0)):
+        imgs = []
+        for k, item in enumerate(items):
+            g = torch.Generator().manual_seed(k)
+            res = pipe(item.instruction, item.load_image(), rewards=rewards, generator=g,
+                       num_inference_steps=20, output_type="np")  # fmt: skip
+            imgs.append((np.asarray(res.images[0]) * 255).round().astype(np.uint8))
+        out[rewards] = imgs
+    inputs = [np.asarray(it.load_image().convert("RGB")) for it in items]
+    return inputs, out
+
+
+def test_following_zero_moves_the_output_towards_the_input(steering_outputs):
+    inputs, out = steering_outputs
+    src = np.stack(inputs).astype(float)
+    at5, at0 = (np.stack(out[r]).astype(float) for r in ((5, 5, 5), (0, 5, 5)))
+    assert np.abs(at0 - at5).mean() > 15  # the slider visibly changes the output (of 255)
+    assert np.abs(at0 - src).mean() < 0.85 * np.abs(at5 - src).mean()  # towards a copy
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (docs/results.md): after 600 stage-2 steps the quality slider does not "
+    "steer yet; this test starts passing when it does",
+)
+def test_quality_zero_has_more_artifact_energy(steering_outputs):
+    _, out = steering_outputs
+    q5 = np.mean([artifact_energy(x) for x in out[(5, 5, 5)]])
+    q0 = np.mean([artifact_energy(x) for x in out[(5, 5, 0)]])
+    assert q0 > 1.5 * q5, (q0, q5)
