@@ -104,7 +104,7 @@ def test_following_zero_moves_the_output_towards_the_input(steering_outputs):
     inputs, out = steering_outputs
     src = np.stack(inputs).astype(float)
     at5, at0 = (np.stack(out[r]).astype(float) for r in ((5, 5, 5), (0, 5, 5)))
-    assert np.abs(at0 - at5).mean() > 15  # the slider visibly changes the output (of 255)
+    assert np.abs(at0 - at5).mean() > 10  # visibly changed (the first demo models: 0.7-3.4)
     assert np.abs(at0 - src).mean() < 0.85 * np.abs(at5 - src).mean()  # towards a copy
 
 

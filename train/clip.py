@@ -89,11 +89,13 @@ class ClipTrainConfig:
 def shapes_vocabulary(texts: list[str]) -> tuple[str, ...]:
     """Every word of Shapes' instructions, captions and failure texts, as single tokens."""
     words = set(DEFAULT_WORDS)
-    for table in (PHRASINGS, EFFECT_PHRASINGS, STYLE_PHRASINGS):
-        for phrasings in table.values():
-            for p in phrasings:
-                texts.append(re.sub(r"\{[a-z_]+\}", " ", p))
-    for text in texts:
+    templates = [
+        re.sub(r"\{[a-z_]+\}", " ", p)
+        for table in (PHRASINGS, EFFECT_PHRASINGS, STYLE_PHRASINGS)
+        for phrasings in table.values()
+        for p in phrasings
+    ]
+    for text in [*texts, *templates]:
         words.update(re.findall(r"[a-z]+", text.lower()))
     return tuple(sorted(words))
 
