@@ -135,9 +135,9 @@ def build_tokenizer(cfg: TinyConfig = TinyConfig(), directory: str | Path | None
 # -- models ------------------------------------------------------------------------------------
 
 
-def build_text_encoder(cfg: TinyConfig, tokenizer: Any, seed: int = 0) -> CLIPTextModel:
-    torch.manual_seed(seed)
-    config = CLIPTextConfig(
+def text_config(cfg: TinyConfig, tokenizer: Any) -> CLIPTextConfig:
+    """The CLIP text tower of ``cfg`` over ``tokenizer`` (also the Shapes CLIP's, train.clip)."""
+    return CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.text_dim,
         intermediate_size=cfg.text_intermediate,
@@ -148,7 +148,11 @@ def build_text_encoder(cfg: TinyConfig, tokenizer: Any, seed: int = 0) -> CLIPTe
         eos_token_id=tokenizer.eos_token_id,  # pooled output = hidden state at the first EOS
         pad_token_id=tokenizer.pad_token_id,
     )
-    return CLIPTextModel(config).eval()
+
+
+def build_text_encoder(cfg: TinyConfig, tokenizer: Any, seed: int = 0) -> CLIPTextModel:
+    torch.manual_seed(seed)
+    return CLIPTextModel(text_config(cfg, tokenizer)).eval()
 
 
 def build_vae(cfg: TinyConfig, seed: int = 0) -> AutoencoderKL:
@@ -222,6 +226,7 @@ __all__ = [
     "build_tokenizer",
     "build_unet",
     "build_vae",
+    "text_config",
     "unet_config",
     "write_tokenizer_files",
 ]

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-from core.tiny import DEFAULT_WORDS, TinyConfig, build_tokenizer
+from core.tiny import DEFAULT_WORDS, TinyConfig, build_tokenizer, text_config
 from data.shapes.captions import captions_from_meta
 from data.shapes.edits import EFFECT_PHRASINGS, PHRASINGS, STYLE_PHRASINGS
 from data.shapes.folder import load_split
@@ -103,17 +103,16 @@ def shapes_vocabulary(texts: list[str]) -> tuple[str, ...]:
 def build_clip(cfg: ClipTrainConfig, tokenizer: Any, image_size: int) -> CLIPModel:
     torch.manual_seed(cfg.seed)
     config = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=cfg.text_dim,
-            intermediate_size=cfg.text_intermediate,
-            num_hidden_layers=cfg.text_layers,
-            num_attention_heads=cfg.text_heads,
-            max_position_embeddings=cfg.max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
+        text_config=text_config(
+            TinyConfig(
+                text_dim=cfg.text_dim,
+                text_intermediate=cfg.text_intermediate,
+                text_layers=cfg.text_layers,
+                text_heads=cfg.text_heads,
+                max_length=cfg.max_length,
+            ),
+            tokenizer,
+        ).to_dict(),  # fmt: skip
         vision_config=dict(
             hidden_size=cfg.vision_dim,
             intermediate_size=4 * cfg.vision_dim,
