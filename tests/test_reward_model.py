@@ -460,3 +460,94 @@ def test_evaluate_cli_accepts_the_reward_model_as_judge(tmp_path):
         build_parser().parse_args([*argv, "--judge", "gpt"])
     with pytest.raises(ValueError, match="not a reward model folder"):
         RewardModelJudge(tmp_path / "nothing")
+
+
+def test_filter_by_labels_ranks_by_the_sources_own_scores():
+    from core.rewards import Rewards
+    from train.datasets import EditExample, PathImage
+    from train.reward_filter import filter_by_labels
+
+    scores = [(5, 5, 5), (0, 5, 5), (5, 2, 4), (1, 1, 1)]
+    examples = [EditExample(f"ex{i}", "add a star", PathImage("o"), PathImage("e"),
+                            Rewards.from_scores(s)) for i, s in enumerate(scores)]  # fmt: skip
+    res = filter_by_labels(examples, keep_fraction=0.5)
+    assert [ex.id for ex in res.kept] == ["ex0", "ex2"]
+    assert res.kept[1].provenance["reward_filter"] == {
+        "model": "labels", "by": "mean", "score": round(11 / 3, 4), "rank": 2
+    }  # fmt: skip
+    assert [ex.id for ex in filter_by_labels(examples, 0.25, by="following").kept] == ["ex0"]
+    unlabelled = [*examples, EditExample("ex9", "x", PathImage("o"), PathImage("e"))]
+    with pytest.raises(ValueError, match="'ex9'"):
+        filter_by_labels(unlabelled, 0.5)
+
+
+def test_trainer_trains_on_exactly_the_filtered_subset(shapes_folder, tmp_path):
+    from train.config import TrainConfig
+    from train.loop import train
+
+    base = dict(data="shapes", data_dir=str(shapes_folder), stage=2, train_batch_size=2,
+                max_train_steps=1, report_to="none", cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    out = tmp_path / "filtered"
+    train(TrainConfig.from_dict({**base, "output_dir": str(out), "data_filter": "labels",
+                                 "data_filter_keep": 0.25, "data_filter_by": "min"}))  # fmt: skip
+    records = [json.loads(x) for x in (out / "reward_filter.jsonl").read_text().splitlines()]
+    assert len(records) == 8 and sum(r["kept"] for r in records) == 2
+    kept = {r["id"] for r in records if r["kept"]}
+    assert min(r["score"] for r in records if r["kept"]) >= max(
+        r["score"] for r in records if not r["kept"]
+    )
+    trained = [json.loads(x) for x in (out / "provenance.jsonl").read_text().splitlines()]
+    assert {p["id"] for p in trained} == kept
+    assert all(p["reward_filter"]["model"] == "labels" for p in trained)
+    report = json.loads((out / "pipeline" / "training_data.json").read_text())
+    assert report["used"] == 2 and report["data_filter"]["kept"] == 2
+    assert report["data_filter"]["keep_fraction"] == 0.25
+
+
+def test_trainer_relabels_with_the_reward_model_and_filters_by_it(shapes_folder, tmp_path):
+    from train.config import TrainConfig
+    from train.loop import train
+
+    rm = tmp_path / "rm"
+    tiny_model().save_pretrained(rm)
+    out = tmp_path / "local"
+    cfg = TrainConfig.from_dict(dict(
+        data="shapes", data_dir=str(shapes_folder), stage=2, train_batch_size=2,
+        max_train_steps=1, report_to="none", cache_dir=str(tmp_path / "cache"),
+        output_dir=str(out), relabel_with=str(rm), data_filter=str(rm), data_filter_keep=0.5,
+    ))  # fmt: skip
+    train(cfg)
+    relabelled = [json.loads(x) for x in (out / "relabel.jsonl").read_text().splitlines()]
+    assert len(relabelled) == 8 and all(r["replaced"] is not None for r in relabelled)
+    # The labels trained on are the model's predictions, not the oracle's.
+    expected = tiny_model().predict(*_shapes_triplets(shapes_folder))
+    by_id = {r["id"]: r for r in relabelled}
+    got = torch.tensor(
+        [[by_id[i]["mean"][p] for p in PERSPECTIVES] for i in _shapes_ids(shapes_folder)]
+    )
+    assert torch.allclose(got, expected.mean, atol=1e-3)
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["label_origins"] == {f"reward-model:{rm}": 4}
+    assert report["relabelled_with"]["examples"] == 8 and report["data_filter"]["kept"] == 4
+    with pytest.raises(ValueError, match="only stage 2"):
+        cfg.replace(stage=1)
+    with pytest.raises(ValueError, match="not a folder"):
+        cfg.replace(data_filter=str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="data_filter_keep"):
+        cfg.replace(data_filter_keep=0)
+
+
+def _shapes_ids(folder: Path) -> list[str]:
+    lines = (folder / "train" / "manifest.jsonl").read_text().splitlines()
+    return [json.loads(x)["id"] for x in lines]
+
+
+def _shapes_triplets(folder: Path):
+    from train.config import TrainConfig
+    from train.datasets import load_pair
+    from train.sources import load_source
+
+    src = load_source(TrainConfig.from_dict(dict(data="shapes", data_dir=str(folder))))
+    pairs = [load_pair(ex, 32) for ex in src.examples]
+    return (torch.stack([o for o, _ in pairs]), [ex.instruction for ex in src.examples],
+            torch.stack([e for _, e in pairs]))  # fmt: skip

@@ -130,6 +130,25 @@ class TrainConfig:
         "rewardedit: JSON file with the instruction under key 'edit' ({dir} = folder of the id).",
     )
     max_train_samples: int = _f(0, "Use only the first N examples of the source (0: all).")
+    relabel_with: str = _f(
+        "",
+        "A reward model folder (python -m train.reward_model): replace every example's reward "
+        "labels by its predicted scores, with empty failure texts, before training (MRC with no "
+        "oracle or paid judge). Recorded in relabel.jsonl and the run's data report.",
+    )
+    data_filter: str = _f(
+        "",
+        "Keep only the top data_filter_keep of the examples, ranked by a reward model folder's "
+        "predicted scores (EditReward's use) or by 'labels', the source's own reward labels (on "
+        "Shapes the oracle's: the ceiling of filtering). '' keeps all. Recorded in "
+        "reward_filter.jsonl / .json and the run's data report.",
+    )
+    data_filter_keep: float = _f(1 / 3, "data_filter: fraction of the examples kept, in (0, 1].")
+    data_filter_by: str = _f(
+        "mean",
+        "data_filter: rank by the mean of the three scores, their 'min', or one perspective "
+        "(following, preserving, quality).",
+    )
     resolution: int = _f(0, "Training image size in pixels (0: the model's native size).")
     on_bad_data: str = _f(
         "stop",
@@ -262,6 +281,21 @@ class TrainConfig:
         if not 0 <= self.reward_text_dropout_prob <= 1:
             raise ValueError(
                 f"reward_text_dropout_prob must be in [0, 1]; got {self.reward_text_dropout_prob}."
+            )
+        if not 0 < self.data_filter_keep <= 1:
+            raise ValueError(f"data_filter_keep must be in (0, 1]; got {self.data_filter_keep}.")
+        if self.data_filter or self.data_filter_by != "mean":
+            from train.reward_filter import check_filter_options
+
+            check_filter_options(self.data_filter, self.data_filter_by)
+        if self.relabel_with and self.stage != 2:
+            raise ValueError(
+                f"relabel_with gives the examples new reward labels, which only stage 2 reads; "
+                f"this is stage {self.stage}."
+            )
+        if self.relabel_with and not Path(self.relabel_with).is_dir():
+            raise ValueError(
+                f"relabel_with must be a reward model folder; {self.relabel_with!r} is not one."
             )
         if not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1); got {self.ema_decay}.")

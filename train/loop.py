@@ -61,6 +61,7 @@ from train.models import (
     export_pipeline,
     set_trainable,
 )
+from train.reward_filter import prepare_training_data
 from train.sampler import CachedData, EpochBatchSampler, PixelData, identity_collate, step_generator
 from train.sources import load_source, provenance_summary, select_for_stage
 from train.validation import render_reconstructions, render_validation, save_grid
@@ -125,6 +126,9 @@ def train(cfg: TrainConfig) -> Path:
     examples, unlabeled = select_for_stage(source, cfg.stage)
     log = BadDataLog(cfg.on_bad_data)
     log.extend(source.bad)
+    examples, data_ops = prepare_training_data(
+        cfg, examples, log, resolution, out if main else None, progress=main
+    )
     with_rewards = bool(examples) and all(ex.rewards is not None for ex in examples)
     if cfg.cache and cfg.stage != 0:  # stage 0 trains the VAE: its outputs change every step
         key = cache_key(
@@ -157,6 +161,7 @@ def train(cfg: TrainConfig) -> Path:
         "bad_by_kind": log.counts(),
         "used": len(kept),
         "label_origins": provenance_summary(kept),
+        **data_ops,
         "cache": str(cache.path) if cfg.cache and cfg.stage != 0 else None,
         "resolution": resolution,
         "model": models.source,
@@ -165,7 +170,7 @@ def train(cfg: TrainConfig) -> Path:
     if main:
         log.write(out / "bad_data.jsonl")
         (out / "data_report.json").write_text(json.dumps(report, indent=1, default=str))
-        if source.info.get("source") == "store":
+        if source.info.get("source") == "store" or data_ops:
             with open(out / "provenance.jsonl", "w", encoding="utf-8") as f:
                 for ex in kept:
                     f.write(json.dumps({"id": ex.id, **ex.provenance}) + "\n")

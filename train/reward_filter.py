@@ -1,17 +1,29 @@
-"""Keep the top fraction of a training source by a reward model's score (EditReward's data use).
+"""A reward model (or the labels themselves) applied to training data before a run.
 
-    from train.reward_filter import filter_by_reward
-    result = filter_by_reward(examples, model, keep_fraction=0.5, resolution=32)
-    result.kept                       # the kept EditExamples, in source order, provenance added
-    result.write(run_dir)             # reward_filter.jsonl (one line per example) + .json summary
+Two uses, each recorded in the run's provenance:
 
-Each example (a :class:`train.datasets.EditExample` of any source) is decoded once, scored by
-the model, and ranked by :func:`core.reward_model.aggregate` of its predicted means (``by``);
-the best ``ceil(keep_fraction * N)`` are kept (ties broken by source order). Every kept
-example's ``provenance`` gains ``reward_filter`` (model, score, rank), and the records of all
-examples -- kept or not, with their three predicted means and standard deviations -- are the
-filter's provenance file. Unreadable examples follow the bad-data policy of ``log`` (stop, or
-skip and list them), as in the trainer.
+* **Filter** (EditReward's use): keep the top fraction of a training source, ranked by a
+  reward model's predicted scores or -- as the ceiling of filtering -- by the source's own
+  labels (on Shapes, the exact oracle's)::
+
+      result = filter_by_reward(examples, model, keep_fraction=1 / 3)
+      result = filter_by_labels(examples, keep_fraction=1 / 3)
+      result.kept                       # the kept EditExamples, in source order, provenance added
+      result.write(run_dir)             # reward_filter.jsonl (one line per example) + .json summary
+
+* **Relabel** (MRC without an oracle or a paid judge): replace every example's reward labels by
+  the model's predicted means, with empty failure texts, as a judge backend would label them::
+
+      relabelled, records = relabel_by_reward(examples, model)
+
+Examples are :class:`train.datasets.EditExample` of any source. Each is decoded once, scored,
+and ranked by :func:`core.reward_model.aggregate` (``by``: mean, min or one perspective); the
+best ``ceil(keep_fraction * N)`` are kept (ties broken by source order). Unreadable examples
+follow the bad-data policy of ``log`` (stop, or skip and list them), as in the trainer.
+
+:func:`prepare_training_data` is the trainer's entry point: it applies ``--relabel_with``,
+``--data_filter``, ``--data_filter_keep`` and ``--data_filter_by`` of a
+:class:`train.config.TrainConfig` and writes their provenance files into the run folder.
 """
 
 from __future__ import annotations
@@ -25,9 +37,11 @@ from typing import Any
 
 import torch
 
-from core.reward_model import EditRewardModel, RewardPrediction, aggregate
-from core.rewards import PERSPECTIVES
+from core.reward_model import AGGREGATES, EditRewardModel, RewardPrediction, aggregate
+from core.rewards import PERSPECTIVES, Rewards
 from train.datasets import BadDataLog, EditExample, scan
+
+LABELS = "labels"  # --data_filter value: rank by the source's own reward labels
 
 
 @dataclass
@@ -47,22 +61,19 @@ class FilterResult:
         return folder / "reward_filter.jsonl"
 
 
-def filter_by_reward(
+# -- scoring ----------------------------------------------------------------------------------
+
+
+def score_examples(
     examples: Sequence[EditExample],
     model: EditRewardModel,
-    keep_fraction: float,
     *,
-    by: str = "mean",
     resolution: int | None = None,
     batch_size: int = 256,
     log: BadDataLog | None = None,
-    model_name: str = "",
     progress: bool = False,
-) -> FilterResult:
-    """Score ``examples`` with ``model`` and keep the top ``keep_fraction`` (see the module
-    docstring). ``resolution``: the side images are decoded at (default: the model's)."""
-    if not 0.0 < keep_fraction <= 1.0:
-        raise ValueError(f"keep_fraction must be in (0, 1]; got {keep_fraction}.")
+) -> tuple[list[EditExample], RewardPrediction]:
+    """The readable examples and the model's Gaussians for them, in source order."""
     log = log or BadDataLog("stop")
     size = resolution or model.config.image_size
     good, originals, editeds = [], [], []
@@ -79,28 +90,183 @@ def filter_by_reward(
                              torch.stack(editeds[i : i + batch_size]), batch_size)  # fmt: skip
         means.append(pred.mean)
         logvars.append(pred.logvar)
-    pred = RewardPrediction(torch.cat(means), torch.cat(logvars))
-    score = aggregate(pred, by).tolist()
+    return good, RewardPrediction(torch.cat(means), torch.cat(logvars))
+
+
+def _per_perspective(values: torch.Tensor) -> dict[str, float]:
+    return {p: round(v, 4) for p, v in zip(PERSPECTIVES, values.tolist())}
+
+
+# -- filtering --------------------------------------------------------------------------------
+
+
+def _keep_top(
+    good: Sequence[EditExample],
+    score: list[float],
+    keep_fraction: float,
+    info: dict[str, Any],
+    details: list[dict[str, Any]],
+    bad: int,
+) -> FilterResult:
+    """Keep the best ``ceil(keep_fraction * N)`` of ``good`` by ``score`` (ties: source order)."""
     order = sorted(range(len(good)), key=lambda i: (-score[i], i))
     n_keep = math.ceil(keep_fraction * len(good))
     rank = {i: r for r, i in enumerate(order)}
-    name = model_name or "reward-model"
     records, kept = [], []
     for i, ex in enumerate(good):
         keep = rank[i] < n_keep
-        records.append({
-            "id": ex.id, "score": round(score[i], 4), "rank": rank[i] + 1, "kept": keep,
-            "mean": {p: round(v, 4) for p, v in zip(PERSPECTIVES, pred.mean[i].tolist())},
-            "std": {p: round(v, 4) for p, v in zip(PERSPECTIVES, pred.std[i].tolist())},
-        })  # fmt: skip
+        rec = {"id": ex.id, "score": round(score[i], 4), "rank": rank[i] + 1, "kept": keep}
+        records.append({**rec, **details[i]})
         if keep:
-            info = {"model": name, "by": by, "score": round(score[i], 4), "rank": rank[i] + 1}
-            kept.append(replace(ex, provenance={**ex.provenance, "reward_filter": info}))
-    threshold = score[order[n_keep - 1]]
+            tag = {**info, "score": round(score[i], 4), "rank": rank[i] + 1}
+            kept.append(replace(ex, provenance={**ex.provenance, "reward_filter": tag}))
     summary = {
-        "model": name, "by": by, "keep_fraction": keep_fraction, "scored": len(good),
-        "kept": len(kept), "bad": len(log.items), "threshold": round(threshold, 4),
+        **info, "keep_fraction": keep_fraction, "scored": len(good), "kept": len(kept),
+        "bad": bad, "threshold": round(score[order[n_keep - 1]], 4),
         "mean_score_kept": round(sum(score[i] for i in order[:n_keep]) / n_keep, 4),
         "mean_score_all": round(sum(score) / len(score), 4),
     }  # fmt: skip
     return FilterResult(kept, records, summary)
+
+
+def _check_fraction(keep_fraction: float) -> None:
+    if not 0.0 < keep_fraction <= 1.0:
+        raise ValueError(f"keep_fraction must be in (0, 1]; got {keep_fraction}.")
+
+
+def filter_by_reward(
+    examples: Sequence[EditExample],
+    model: EditRewardModel,
+    keep_fraction: float,
+    *,
+    by: str = "mean",
+    resolution: int | None = None,
+    batch_size: int = 256,
+    log: BadDataLog | None = None,
+    model_name: str = "",
+    progress: bool = False,
+) -> FilterResult:
+    """Score ``examples`` with ``model`` and keep the top ``keep_fraction`` (see the module
+    docstring). ``resolution``: the side images are decoded at (default: the model's)."""
+    _check_fraction(keep_fraction)
+    log = log or BadDataLog("stop")
+    bad_before = len(log.items)
+    good, pred = score_examples(
+        examples, model, resolution=resolution, batch_size=batch_size, log=log, progress=progress
+    )
+    details = [
+        {"mean": _per_perspective(pred.mean[i]), "std": _per_perspective(pred.std[i])}
+        for i in range(len(good))
+    ]
+    info = {"model": model_name or "reward-model", "by": by}
+    score = aggregate(pred, by).tolist()
+    return _keep_top(good, score, keep_fraction, info, details, len(log.items) - bad_before)
+
+
+def filter_by_labels(
+    examples: Sequence[EditExample], keep_fraction: float, *, by: str = "mean"
+) -> FilterResult:
+    """Keep the top ``keep_fraction`` ranked by the examples' own reward labels (the oracle's on
+    Shapes: the ceiling a reward model can reach as a filter). Every example needs a label."""
+    _check_fraction(keep_fraction)
+    missing = [ex.id for ex in examples if ex.rewards is None]
+    if missing:
+        raise ValueError(
+            f"filtering by labels needs a reward label on every example; {len(missing)} have "
+            f"none (first: {missing[0]!r})."
+        )
+    if not examples:
+        raise ValueError("no example to filter.")
+    scores = torch.tensor([ex.rewards.scores for ex in examples], dtype=torch.float32)
+    score = aggregate(RewardPrediction(scores, torch.zeros_like(scores)), by).tolist()
+    details = [{"labels": _per_perspective(s)} for s in scores]
+    return _keep_top(examples, score, keep_fraction, {"model": LABELS, "by": by}, details, 0)
+
+
+# -- relabelling ------------------------------------------------------------------------------
+
+
+def relabel_by_reward(
+    examples: Sequence[EditExample],
+    model: EditRewardModel,
+    *,
+    resolution: int | None = None,
+    batch_size: int = 256,
+    log: BadDataLog | None = None,
+    model_name: str = "",
+    progress: bool = False,
+) -> tuple[list[EditExample], list[dict[str, Any]]]:
+    """Every readable example with its rewards replaced by the model's predicted means (empty
+    failure texts: the model writes none), and one provenance record per example."""
+    good, pred = score_examples(
+        examples, model, resolution=resolution, batch_size=batch_size, log=log, progress=progress
+    )
+    name = model_name or "reward-model"
+    out, records = [], []
+    for i, ex in enumerate(good):
+        mean, std = _per_perspective(pred.mean[i]), _per_perspective(pred.std[i])
+        before = ex.rewards.to_dict() if ex.rewards is not None else None
+        tag = {"origin": "reward-model", "judge_model": name, "std": std, "replaced": before}
+        rewards = Rewards.from_scores([mean[p] for p in PERSPECTIVES])
+        out.append(replace(ex, rewards=rewards, provenance={**ex.provenance, **tag}))
+        records.append({"id": ex.id, "mean": mean, "std": std, "replaced": before})
+    return out, records
+
+
+# -- the trainer's entry point ----------------------------------------------------------------
+
+
+def prepare_training_data(
+    cfg: Any,
+    examples: Sequence[EditExample],
+    log: BadDataLog,
+    resolution: int,
+    out: Path | None,
+    progress: bool = False,
+) -> tuple[list[EditExample], dict[str, Any]]:
+    """Apply the run's ``relabel_with`` and ``data_filter`` (in that order: a filter by labels
+    then ranks by the new labels) to ``examples``; write the provenance files into ``out`` (the
+    main process's run folder, or None). Returns the examples to train on and a report entry."""
+    examples = list(examples)
+    report: dict[str, Any] = {}
+    models: dict[str, EditRewardModel] = {}
+
+    def load(folder: str) -> EditRewardModel:
+        if folder not in models:
+            models[folder] = EditRewardModel.from_pretrained(folder).eval()
+        return models[folder]
+
+    if cfg.relabel_with:
+        examples, records = relabel_by_reward(
+            examples, load(cfg.relabel_with), resolution=resolution, log=log,
+            model_name=cfg.relabel_with, progress=progress,
+        )  # fmt: skip
+        report["relabelled_with"] = {"model": cfg.relabel_with, "examples": len(examples)}
+        if out is not None:
+            with open(out / "relabel.jsonl", "w", encoding="utf-8") as f:
+                for rec in records:
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    if cfg.data_filter:
+        if cfg.data_filter == LABELS:
+            result = filter_by_labels(examples, cfg.data_filter_keep, by=cfg.data_filter_by)
+        else:
+            result = filter_by_reward(
+                examples, load(cfg.data_filter), cfg.data_filter_keep, by=cfg.data_filter_by,
+                resolution=resolution, log=log, model_name=cfg.data_filter, progress=progress,
+            )  # fmt: skip
+        examples = result.kept
+        report["data_filter"] = result.summary
+        if out is not None:
+            result.write(out)
+    return examples, report
+
+
+def check_filter_options(data_filter: str, by: str) -> None:
+    """Config validation of ``data_filter`` / ``data_filter_by`` (raises ValueError)."""
+    if by not in AGGREGATES:
+        raise ValueError(f"data_filter_by must be one of {', '.join(AGGREGATES)}; got {by!r}.")
+    if data_filter and data_filter != LABELS and not Path(data_filter).is_dir():
+        raise ValueError(
+            f"data_filter must be '', {LABELS!r} or a reward model folder (python -m "
+            f"train.reward_model); {data_filter!r} is not a folder."
+        )

@@ -291,5 +291,7 @@ def provenance_summary(examples: Sequence[EditExample]) -> dict[str, int]:
         origin = p.get("origin", "unknown")
         if origin == "judge" and p.get("judge_model"):
             origin = f"judge:{p['judge_model']}@{p.get('prompt_version')}"
+        elif origin == "reward-model" and p.get("judge_model"):
+            origin = f"reward-model:{p['judge_model']}"
         c[origin] += 1
     return dict(c)
