@@ -563,3 +563,80 @@ def test_generated_shapes_equal_the_synth_folder(tmp_path):
         assert np.array_equal(np.asarray(a.load_target()), np.asarray(b.load_target()))
     with pytest.raises(BenchmarkError, match="unknown Shapes option"):
         load_benchmark("shapes?colour=red")
+
+
+# -- best-of-N -----------------------------------------------------------------------------------
+
+
+class BrightnessModel:
+    """A stand-in reward model: the brighter the edited image, the better (all perspectives)."""
+
+    config = None
+
+    def predict(self, originals, instructions, editeds, batch_size=256):
+        from core.reward_model import RewardPrediction
+
+        m = torch.tensor([np.asarray(e, dtype=float).mean() / 51.0 for e in editeds])
+        mean = m[:, None].repeat(1, 3).float()
+        return RewardPrediction(mean, torch.zeros_like(mean))
+
+
+def test_best_of_n_keeps_the_reward_models_favourite_and_candidate_0_is_the_single_sample(
+    tmp_path, models
+):
+    from train.evaluate.generate import candidate_seeds, generate, load_pipeline
+
+    rm_dir = tmp_path / "rm"
+    rm_dir.mkdir()
+    single = parse_system(f"s={models['mrc']},steps=2")
+    best = parse_system(f"b={models['mrc']},steps=2,best_of=3,reward_model={rm_dir}")
+    assert "best_of" not in single.settings()  # single-sample fingerprints are unchanged
+    assert best.fingerprint("d") != replace(best, best_of=2).fingerprint("d")
+    pipe = load_pipeline(best)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8))
+    todo = [(f"item{i}", "turn the square red", lambda: img) for i in range(3)]
+    got, one = [], []
+    generate(pipe, best, todo, 2, on_result=got.append, reward_model=BrightnessModel())
+    generate(pipe, single, todo, 2, on_result=one.append)
+    for r, s in zip(got, one):
+        seeds = candidate_seeds(best, r.item_id)
+        assert seeds[0] == s.seed == item_seed(0, r.item_id)
+        assert [c["seed"] for c in r.candidates] == seeds
+        scores = [c["score"] for c in r.candidates]
+        chosen = scores.index(max(scores))
+        assert [c["chosen"] for c in r.candidates] == [k == chosen for k in range(3)]
+        assert r.seed == seeds[chosen]
+        # The kept image is the candidate drawn with that seed (the same as drawing it alone).
+        alone = pipe("turn the square red", image=img, generator=torch.Generator().manual_seed(r.seed),
+                     num_inference_steps=2).images[0]  # fmt: skip
+        assert np.abs(np.asarray(alone, int) - np.asarray(r.image, int)).max() <= 1
+    cand0 = [pipe("turn the square red", image=img, num_inference_steps=2,
+                  generator=torch.Generator().manual_seed(s.seed)).images[0] for s in one]  # fmt: skip
+    for s, c in zip(one, cand0):
+        assert np.abs(np.asarray(c, int) - np.asarray(s.image, int)).max() <= 1
+    with pytest.raises(ValueError, match="pass its reward model"):
+        generate(pipe, best, todo, 2)
+    with pytest.raises(ValueError, match="reward_model=FOLDER"):
+        parse_system(f"b={models['mrc']},best_of=4")
+
+
+def test_best_of_n_system_in_a_run_stores_every_candidates_scores(tmp_path, models):
+    from core.reward_model import EditRewardModel
+
+    torch.manual_seed(0)
+    clip = Path(__file__).resolve().parents[1] / "docs" / "demo_models" / "shapes_clip"
+    EditRewardModel.from_text_tower(clip, image_size=16, channels=(8, 16), hidden_dim=32
+                                    ).save_pretrained(tmp_path / "rm")  # fmt: skip
+    bench = make_folder_benchmark(tmp_path / "bench", n=3)
+    cfg = _config(bench, models, tmp_path / "out", sweep=None,
+                  systems=(f"bo2={models['mrc']},best_of=2,reward_model={tmp_path / 'rm'}",))  # fmt: skip
+    run_evaluation(cfg, judge=FakeJudge())
+    store = Store(tmp_path / "out" / "store.db")
+    (run,) = store.list_runs()
+    assert run["settings"]["best_of"] == 2
+    outputs = store.outputs(run["id"])
+    assert len(outputs) == 3
+    for o in outputs:
+        cands = o["meta"]["candidates"]
+        assert len(cands) == 2 and sum(c["chosen"] for c in cands) == 1
+        assert set(cands[0]["mean"]) == {"following", "preserving", "quality"}

@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = ap.add_argument_group("systems")
     s.add_argument("--system", action="append", required=True, metavar="NAME=PATH[,key=value...]",
                    help="a system to evaluate (repeat); keys: kind, rewards, reward_text, reward_guidance, "
-                        "steps, guidance, image_guidance, scheduler, resolution, seed")  # fmt: skip
+                        "steps, guidance, image_guidance, scheduler, resolution, seed, best_of, reward_model (best-of-N)")  # fmt: skip
     s.add_argument("--sweep", help="reward settings for every MRC system: 0,3,5 or 0/0/0,5/5/0")
     s.add_argument("--rewards", default=d.rewards, help=f"default MRC rewards F/P/Q [{d.rewards}]")
     s.add_argument(

@@ -10,6 +10,10 @@ with its own ``torch.Generator`` seeded by :func:`~train.evaluate.systems.item_s
 does not depend on the batch size, the order of items, or on what was generated before a kill
 (up to floating-point rounding: batched and single convolutions differ in the last bits, which
 can move a pixel by one level out of 255).
+A best-of-N system (``best_of`` > 1) draws N candidates per item -- candidate 0 with the item's
+own seed, so it is the single-sample output, candidate k with the seed of ``"{item}#k"`` -- and
+keeps the one its reward model ranks first (:func:`core.best_of_n.rank_candidates`); every
+candidate's predicted scores go with the output.
 With ``resolution`` set, inputs are resized so their short side is that many pixels (a multiple
 of 8) and outputs are resized back to the input's size, so judges and metrics always compare
 images of the benchmark's size.
@@ -25,6 +29,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from core.best_of_n import rank_candidates
 from train.evaluate.systems import SystemSpec, item_seed
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -36,6 +41,28 @@ class GenerationResult:
     image: Image.Image  # at the input image's size
     seed: int
     seconds: float  # this item's share of its batch's wall time
+    candidates: tuple[dict[str, Any], ...] = ()  # best-of-N: every candidate's scores, drawn order
+
+
+def load_reward_model(spec: SystemSpec, device: str = "cpu") -> Any:
+    """The reward model that ranks a best-of-N system's candidates (None for single sampling)."""
+    if spec.best_of == 1:
+        return None
+    from core.reward_model import EditRewardModel
+
+    try:
+        return EditRewardModel.from_pretrained(spec.reward_model).to(device).eval()
+    except (OSError, ValueError) as e:
+        raise OSError(
+            f"Cannot load the reward model of system {spec.name!r} from {spec.reward_model!r}: {e}"
+        ) from e
+
+
+def candidate_seeds(spec: SystemSpec, item_id: str) -> list[int]:
+    """Seeds of an item's best-of-N candidates; the first is the single-sample seed."""
+    return [
+        item_seed(spec.seed, item_id if k == 0 else f"{item_id}#{k}") for k in range(spec.best_of)
+    ]
 
 
 def load_pipeline(spec: SystemSpec, device: str = "cpu", dtype: str = "float32") -> Any:
@@ -69,6 +96,10 @@ def load_pipeline(spec: SystemSpec, device: str = "cpu", dtype: str = "float32")
         pipe.scheduler = make_scheduler(spec.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _rounded(d: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in d.items()}
 
 
 def _resized(img: Image.Image, resolution: int | None) -> Image.Image:
@@ -116,13 +147,17 @@ def generate(
     device: str = "cpu",
     on_result: Callable[[GenerationResult], None] | None = None,
     chunk: int = 64,
+    reward_model: Any = None,
 ) -> int:
     """Generate ``todo`` = [(item_id, instruction, load input image)], calling ``on_result`` per
     output as soon as its batch is done (so a kill loses at most one batch). Inputs are loaded
     ``chunk`` items at a time, which bounds memory on benchmarks of large photos.
+    ``reward_model`` ranks the candidates of a best-of-N system (:func:`load_reward_model`).
     Returns how many outputs were made."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if spec.best_of > 1 and reward_model is None:
+        raise ValueError(f"System {spec.name!r} is best-of-{spec.best_of}: pass its reward model.")
     made = 0
     step = max(chunk, batch_size)
     for start in range(0, len(todo), step):
@@ -130,21 +165,36 @@ def generate(
         originals = {i: img.size for i, _, img in loaded}
         prepared = [(i, text, _resized(img, spec.resolution)) for i, text, img in loaded]
         for batch in _batches(prepared, batch_size):
-            seeds = [item_seed(spec.seed, i) for i, _, _ in batch]
+            n = spec.best_of
+            seeds = [s for i, _, _ in batch for s in candidate_seeds(spec, i)]
             generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
             t0 = time.perf_counter()
             with torch.inference_mode():
                 images = pipe(
-                    prompt=[t for _, t, _ in batch],
-                    image=[img for _, _, img in batch],
+                    prompt=[t for _, t, _ in batch for _ in range(n)],
+                    image=[img for _, _, img in batch for _ in range(n)],
                     generator=generators,
-                    **pipeline_kwargs(spec, len(batch)),
+                    **pipeline_kwargs(spec, len(batch) * n),
                 ).images
             seconds = (time.perf_counter() - t0) / len(batch)
-            for (item_id, _, _), img, seed in zip(batch, images, seeds):
+            for k, (item_id, text, img_in) in enumerate(batch):
+                drawn = images[k * n : (k + 1) * n]
+                chosen, candidates = 0, ()
+                if n > 1:
+                    ranked = rank_candidates(reward_model, img_in, text, drawn)
+                    chosen = ranked[0].index
+                    by_index = sorted(ranked, key=lambda c: c.index)
+                    candidates = tuple(
+                        {"seed": seeds[k * n + c.index], "score": round(c.score, 4),
+                         "mean": _rounded(c.mean), "std": _rounded(c.std), "chosen": c.index == chosen}
+                        for c in by_index
+                    )  # fmt: skip
+                img = drawn[chosen]
                 if img.size != originals[item_id]:
                     img = img.resize(originals[item_id], Image.Resampling.BICUBIC)
                 made += 1
                 if on_result is not None:
-                    on_result(GenerationResult(item_id, img, seed, seconds))
+                    on_result(
+                        GenerationResult(item_id, img, seeds[k * n + chosen], seconds, candidates)
+                    )
     return made

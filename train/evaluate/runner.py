@@ -40,7 +40,12 @@ from core.judges.base import Judge, JudgeInput, JudgeResult, JudgeSpec
 from core.rewards import PERSPECTIVES
 from data.judge_pool import judge_jobs
 from train.benchmarks_data import Benchmark, BenchmarkItem
-from train.evaluate.generate import GenerationResult, generate, load_pipeline
+from train.evaluate.generate import (
+    GenerationResult,
+    generate,
+    load_pipeline,
+    load_reward_model,
+)
 from train.evaluate.systems import SystemSpec, folder_identity, folder_outputs, model_digest
 from train.report import NO_OUTPUT
 
@@ -185,6 +190,7 @@ class BenchmarkRun:
         if not todo:
             return
         pipe = load_pipeline(spec, self.device, self.dtype)
+        reward_model = load_reward_model(spec, self.device)
         bar = tqdm(
             total=len(todo), desc=f"generate {spec.name}", unit="img", disable=not self.progress
         )
@@ -197,7 +203,10 @@ class BenchmarkRun:
                 r.image,
                 seed=r.seed,
                 seconds=r.seconds,
-                meta={"item_id": r.item_id},
+                meta={
+                    "item_id": r.item_id,
+                    **({"candidates": list(r.candidates)} if r.candidates else {}),
+                },
             )
             rows = self.store.outputs(state.run_id, item_id=self.triplet_of[r.item_id])
             state.outputs[r.item_id] = next(o for o in rows if o["id"] == oid)
@@ -206,7 +215,8 @@ class BenchmarkRun:
 
         inputs = [(i.item_id, i.instruction, i.load_image) for i in todo]
         try:
-            generate(pipe, spec, inputs, self.batch_size, self.device, store_output)
+            generate(pipe, spec, inputs, self.batch_size, self.device, store_output,
+                     reward_model=reward_model)  # fmt: skip
         finally:
             bar.close()
             state.gen_seconds += time.perf_counter() - start

@@ -15,7 +15,10 @@ On the command line a system is ``NAME=PATH[,key=value...]``::
 
 Keys: ``kind`` (mrc | ip2p | folder; detected from ``model_index.json`` when omitted),
 ``rewards`` (``F/P/Q``), ``reward_text`` (``a;b;c``), ``reward_guidance``, ``steps``,
-``guidance`` (text guidance), ``image_guidance``, ``scheduler``, ``resolution``, ``seed``.
+``guidance`` (text guidance), ``image_guidance``, ``scheduler``, ``resolution``, ``seed``,
+``best_of`` and ``reward_model`` (best-of-N: draw N candidates per item and keep the one the
+reward model ranks first; candidate 0 is the single-sample output, so best-of-N can only change
+an item by replacing it with a candidate the model prefers).
 
 A *folder* system reads its images from ``outputs.jsonl`` / ``outputs.csv`` (columns ``item_id``
 and ``file_name``) or, without a manifest, from files named after the item id (``/`` and other
@@ -55,6 +58,8 @@ class SystemSpec:
     scheduler: str | None = None  # None: the pipeline's own
     resolution: int | None = None  # resize inputs so the short side is this (None: as given)
     seed: int = 0  # base seed; each item's seed is derived from it and the item id
+    best_of: int = 1  # draw N candidates per item, keep the one reward_model ranks first
+    reward_model: str | None = None  # best_of > 1: an EditRewardModel folder
     group: str | None = None  # systems of one model at several reward settings share a group
 
     def __post_init__(self) -> None:
@@ -79,6 +84,13 @@ class SystemSpec:
             raise ValueError(f"System {self.name!r}: steps must be at least 1.")
         if self.resolution is not None and self.resolution < 8:
             raise ValueError(f"System {self.name!r}: resolution must be at least 8 pixels.")
+        if self.best_of < 1:
+            raise ValueError(f"System {self.name!r}: best_of must be at least 1.")
+        if self.best_of > 1 and (self.kind == "folder" or not self.reward_model):
+            raise ValueError(
+                f"System {self.name!r}: best_of={self.best_of} needs a pipeline and "
+                "reward_model=FOLDER (a model from python -m train.reward_model) to rank with."
+            )
 
     def settings(self) -> dict[str, Any]:
         """Everything but the name that determines the outputs (stored with the run)."""
@@ -88,14 +100,20 @@ class SystemSpec:
         if self.kind != "mrc":
             for k in ("rewards", "reward_text", "reward_guidance_scale"):
                 d.pop(k)
+        if self.best_of == 1:  # single sampling: settings (and fingerprints) as before best-of
+            d.pop("best_of")
+            d.pop("reward_model")
         if self.kind == "folder":
             for k in ("num_inference_steps", "guidance_scale", "image_guidance_scale", "scheduler",
                       "resolution", "seed"):  # fmt: skip
                 d.pop(k)
         return d
 
-    def fingerprint(self, model_digest: str) -> str:
-        doc = {"settings": self.settings(), "model": model_digest}
+    def fingerprint(self, identity: str) -> str:
+        """Hash of the settings and ``identity`` (the model's digest or the folder's identity)."""
+        doc = {"settings": self.settings(), "model": identity}
+        if self.best_of > 1:
+            doc["reward_model_files"] = model_digest(self.reward_model)
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
     def describe(self) -> dict[str, Any]:
@@ -163,6 +181,8 @@ _KEYS = {
     "scheduler": ("scheduler", str),
     "resolution": ("resolution", int),
     "seed": ("seed", int),
+    "best_of": ("best_of", int),
+    "reward_model": ("reward_model", str),
 }
 
 
