@@ -16,23 +16,20 @@ import json
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from data.judge_server import ServerState
+from data.judge_api import CompletionServer, HTTPError
 
 ENDPOINTS = ("/v1/chat/completions",)
 TERMINAL = ("completed", "failed", "cancelled", "expired")
 
 
-def _http_error(status: int, message: str):
-    from data.judge_server import HTTPError
-
+def _http_error(status: int, message: str) -> HTTPError:
     return HTTPError(status, message)
 
 
 class BatchRunner:
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: CompletionServer) -> None:
         self.state = state
         self.lock = threading.Lock()
         self.files: dict[str, dict[str, Any]] = {}  # id -> {"object": {...}, "data": bytes}
@@ -159,8 +156,6 @@ class BatchRunner:
         return lines
 
     def _run(self, bid: str) -> None:
-        from data.judge_server import HTTPError
-
         lines = self._lines(bid)
         if lines is None:
             return

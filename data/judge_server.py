@@ -42,7 +42,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import Any
 
 from PIL import Image
 
@@ -50,6 +50,7 @@ from core.images import ImageError, image_hash, load_image
 from core.judges.images import image_tokens
 from core.judges.prompts import Prompt, available_versions, load_prompt
 from core.store.triplets import triplet_id
+from data.judge_api import Answerer, HTTPError, UnknownItem
 from data.judge_batches import BatchRunner
 from data.judge_faults import (
     FaultConfig,
@@ -59,27 +60,7 @@ from data.judge_faults import (
     render_reply,
     reply_object,
 )
-
-
-class UnknownItem(ValueError):
-    """The answerer cannot judge this request (unknown triplet); the server answers 400."""
-
-
-class Answerer(Protocol):
-    """Judges one request: ``{perspective: Label}`` (annotate) or ``{perspective: Verdict}``."""
-
-    def answer(
-        self, prompt: Prompt, instruction: str, original: Image.Image, edited: Image.Image
-    ) -> dict[str, Any]: ...
-
-
-class HTTPError(Exception):
-    def __init__(
-        self, status: int, message: str, kind: str = "invalid_request_error", headers=None
-    ):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.headers = status, message, kind, headers or {}
-
+from data.shapes_judge import ShapesAnswerer
 
 # -- the server ------------------------------------------------------------------------------
 
@@ -417,7 +398,6 @@ def start_server(state: ServerState, port: int = 0, verbose: bool = False) -> Ju
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data.shapes_judge import ShapesAnswerer
 
     ap = argparse.ArgumentParser(
         prog="python -m data.judge_server", description=__doc__.split("\n")[0]

@@ -42,6 +42,7 @@ from core.judges.base import (
 )
 from core.judges.prompts import Prompt
 from core.rewards import PERSPECTIVES
+from data.judge_api import UnknownItem
 from data.shapes.oracle import ShapesOracle
 
 CACHE_SIZE = 4096  # oracle results kept by the server (three-call mode asks three times)
@@ -161,8 +162,6 @@ class ShapesAnswerer:
     def answer(
         self, prompt: Prompt, instruction: str, original: Image.Image, edited: Image.Image
     ) -> dict[str, Any]:
-        from data.judge_server import UnknownItem
-
         original_hash = image_hash(original)
         meta = self.index.get((original_hash, instruction))
         if meta is None:

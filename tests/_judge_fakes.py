@@ -31,7 +31,7 @@ class HashAnswerer:
         return f"{image_hash(original)[:16]}:{image_hash(edited)[:16]}:{instruction}"
 
     def answer(self, prompt, instruction, original, edited):
-        from data.judge_server import UnknownItem
+        from data.judge_api import UnknownItem
 
         if self.known is not None and image_hash(original) not in self.known:
             raise UnknownItem("this original image is not in the test set")
