@@ -38,6 +38,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.model_loading_utils import load_state_dict
 
 from core.mrc import MultiRewardCondition
+from core.pipeline import MRCInstructPix2PixPipeline, make_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -192,8 +193,6 @@ def load_authors_pipeline(path: str | Path, torch_dtype: torch.dtype | None = No
     """
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel, CLIPTokenizer
-
-    from core.pipeline import MRCInstructPix2PixPipeline, make_scheduler
 
     path = Path(path)
     for sub in ("vae", "text_encoder", "tokenizer", "unet"):

@@ -122,13 +122,6 @@ class MRCInstructPix2PixPipeline(DiffusionPipeline, StableDiffusionMixin):
         self._interrupt = False
 
     # -- loading ---------------------------------------------------------------------------------
-    @classmethod
-    def from_authors(cls, path: str, **kwargs: Any) -> MRCInstructPix2PixPipeline:
-        """Load the authors' released stage-2 pipeline folder (``core.authors_import``)."""
-        from core.authors_import import load_authors_pipeline
-
-        return load_authors_pipeline(path, **kwargs)
-
     @property
     def mrc_unet(self) -> MRCUNet:
         """The reward-conditioned UNet (rebuilt if ``unet`` or ``reward_module`` was replaced)."""

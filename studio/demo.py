@@ -184,7 +184,7 @@ def _model_systems() -> list[Any] | None:
 def _benchmark_runs(store: Store, cfg: DemoConfig) -> None:
     """Register the benchmark items and the two systems' runs, with every verdict."""
     from data.shapes_judge import ShapesJudge
-    from train.benchmarks_data import load_benchmark
+    from train.benchmarks_sources import load_benchmark
     from train.evaluate.runner import BenchmarkRun
 
     bench = load_benchmark(f"store:{store.path}?split=bench&source=shapes")

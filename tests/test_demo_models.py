@@ -81,7 +81,7 @@ def artifact_energy(img: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def steering_outputs():
     """MRC outputs of eight Shapes-Edit items at 5/5/5, 0/5/5 and 5/5/0 (empty failure texts)."""
-    from train.benchmarks_data import load_benchmark
+    from train.benchmarks_sources import load_benchmark
 
     pipe = MRCInstructPix2PixPipeline.from_pretrained(MODELS / "shapes_mrc")
     items = [it for it in load_benchmark("shapes?size=32").items if it.category != "style"][::97][
@@ -128,7 +128,7 @@ def test_shipped_reward_model_prefers_the_target_edit_to_a_copy_and_a_wrong_edit
     from data.shapes.corrupt import CorruptionConfig, corrupt
     from data.shapes.oracle import ShapesOracle, parse_meta
     from data.shapes.scene import SceneConfig
-    from train.benchmarks_data import load_benchmark
+    from train.benchmarks_sources import load_benchmark
 
     folder = MODELS / "shapes_reward_model"
     assert folder_mb(folder) < 5

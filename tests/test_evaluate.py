@@ -19,11 +19,11 @@ from core.store import Store
 from train.benchmarks_data import (
     BenchmarkError,
     FolderColumns,
-    load_benchmark,
     load_folder,
     load_real_edit,
     parse_real_edit_entry,
 )
+from train.benchmarks_sources import load_benchmark
 from train.evaluate.cli import EvalConfig, run_evaluation
 from train.evaluate.systems import (
     expand_sweep,

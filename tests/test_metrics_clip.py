@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from data.shapes.captions import captions_from_meta
-from train.benchmarks_data import load_benchmark
+from train.benchmarks_sources import load_benchmark
 from train.metrics import (
     PERCENT_METRICS,
     TABLE2_METRICS,

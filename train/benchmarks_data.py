@@ -6,7 +6,7 @@ judge context
 (the Shapes oracle's scene description). Every item has a stable ``item_id``, the key under which
 generations and verdicts are stored, so a re-run finds its earlier work.
 
-Sources (:func:`load_benchmark` picks one from a short spec string):
+Sources (:func:`train.benchmarks_sources.load_benchmark` picks one from a short spec string):
 
 ``shapes`` / ``shapes?seed=S&size=PX&scenes=N`` / ``shapes:DIR``
     Shapes-Edit, the synthetic 560-item benchmark (80 scenes x 7 categories, exact ground truth),
@@ -439,45 +439,3 @@ def _download_dataset(repo_id: str) -> Path:
             f"Cannot download the dataset {repo_id!r} from the Hugging Face hub ({e}). On an "
             "offline machine, copy the dataset to a folder and pass that folder instead."
         ) from e
-
-
-# -- one entry point ------------------------------------------------------------------------------
-
-
-def load_benchmark(spec: str, *, category_by_position: bool = False) -> Benchmark:
-    """A benchmark from a short spec: ``shapes[:DIR]``, ``shapes?seed=S&size=PX&scenes=N``,
-    ``real-edit:SRC``, ``folder:DIR`` or ``store:DB[?split=S&source=S&category=C]`` (see the
-    module docstring; Shapes and store selections live in :mod:`train.benchmarks_sources`)."""
-    kind, _, arg = spec.partition(":")
-    kind = kind.strip().lower()
-    if kind.startswith("shapes?"):  # generated Shapes-Edit with options, e.g. shapes?size=32
-        kind, arg = "shapes", "?" + kind.split("?", 1)[1]
-    if kind == "shapes":
-        from train.benchmarks_sources import load_shapes
-
-        return load_shapes(arg or None)
-    if kind in ("real-edit", "realedit", "real_edit"):
-        if not arg:
-            raise BenchmarkError("real-edit needs a source: real-edit:DIR or real-edit:OWNER/NAME.")
-        return load_real_edit(arg, category_by_position=category_by_position)
-    if kind == "folder":
-        if not arg:
-            raise BenchmarkError("folder needs a path: folder:DIR.")
-        return load_folder(arg)
-    if kind == "store":
-        path, _, query = arg.partition("?")
-        filters: dict[str, str] = {}
-        for part in filter(None, query.split("&")):
-            key, sep, value = part.partition("=")
-            if not sep or key not in ("split", "source", "category"):
-                raise BenchmarkError(
-                    f"store filter {part!r} must be split=..., source=... or category=...."
-                )
-            filters[key] = value
-        from train.benchmarks_sources import load_store_selection
-
-        return load_store_selection(path, **filters)
-    raise BenchmarkError(
-        f"unknown benchmark {spec!r}; use shapes[:DIR], real-edit:DIR_OR_HUB_ID, folder:DIR or "
-        "store:DB[?split=...]."
-    )

@@ -1,7 +1,8 @@
-"""Benchmark sources that live in other parts of MRC Studio: Shapes-Edit and store selections.
+"""Loading a benchmark: :func:`load_benchmark` (the one entry point, from a short spec string),
+and the sources that live in other parts of MRC Studio: Shapes-Edit and store selections.
 
-Kept apart from :mod:`train.benchmarks_data` (items, Real-Edit, folders) because they depend on
-``data.shapes`` and ``core.store``; :func:`train.benchmarks_data.load_benchmark` reaches them.
+Items, Real-Edit and folders are in :mod:`train.benchmarks_data`, which depends on nothing here;
+this module adds ``data.shapes`` and ``core.store`` on top of it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from urllib.parse import parse_qsl
 
 from PIL import Image
 
-from train.benchmarks_data import Benchmark, BenchmarkError, BenchmarkItem, normalise_category
+from train.benchmarks_data import (
+    Benchmark,
+    BenchmarkError,
+    BenchmarkItem,
+    load_folder,
+    load_real_edit,
+    normalise_category,
+)
 
 SHAPES_DEFAULTS = {"seed": 0, "size": 64, "scenes": 80}  # Shapes-Edit as data.shapes.synth makes it
 
@@ -147,3 +155,41 @@ def load_store_selection(
 
 def _is_shapes_meta(meta: Any) -> bool:
     return isinstance(meta, Mapping) and "scene" in meta and "edit" in meta
+
+
+# -- one entry point ------------------------------------------------------------------------------
+
+
+def load_benchmark(spec: str, *, category_by_position: bool = False) -> Benchmark:
+    """A benchmark from a short spec: ``shapes[:DIR]``, ``shapes?seed=S&size=PX&scenes=N``,
+    ``real-edit:SRC``, ``folder:DIR`` or ``store:DB[?split=S&source=S&category=C]`` (see
+    :mod:`train.benchmarks_data`)."""
+    kind, _, arg = spec.partition(":")
+    kind = kind.strip().lower()
+    if kind.startswith("shapes?"):  # generated Shapes-Edit with options, e.g. shapes?size=32
+        kind, arg = "shapes", "?" + kind.split("?", 1)[1]
+    if kind == "shapes":
+        return load_shapes(arg or None)
+    if kind in ("real-edit", "realedit", "real_edit"):
+        if not arg:
+            raise BenchmarkError("real-edit needs a source: real-edit:DIR or real-edit:OWNER/NAME.")
+        return load_real_edit(arg, category_by_position=category_by_position)
+    if kind == "folder":
+        if not arg:
+            raise BenchmarkError("folder needs a path: folder:DIR.")
+        return load_folder(arg)
+    if kind == "store":
+        path, _, query = arg.partition("?")
+        filters: dict[str, str] = {}
+        for part in filter(None, query.split("&")):
+            key, sep, value = part.partition("=")
+            if not sep or key not in ("split", "source", "category"):
+                raise BenchmarkError(
+                    f"store filter {part!r} must be split=..., source=... or category=...."
+                )
+            filters[key] = value
+        return load_store_selection(path, **filters)
+    raise BenchmarkError(
+        f"unknown benchmark {spec!r}; use shapes[:DIR], real-edit:DIR_OR_HUB_ID, folder:DIR or "
+        "store:DB[?split=...]."
+    )

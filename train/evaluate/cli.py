@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from core.judges.base import Judge
-from train.benchmarks_data import load_benchmark
+from train.benchmarks_sources import load_benchmark
 from train.evaluate.gallery import pick_items, write_html, write_png
 from train.evaluate.metrics_stage import compute_run_metrics
 from train.evaluate.runner import BenchmarkRun
