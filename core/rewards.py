@@ -217,9 +217,10 @@ def parse_rewardedit_entry(entry: Any) -> Rewards:
     for name, item in zip(PERSPECTIVES, entry):
         if not isinstance(item, Mapping):
             raise RewardValidationError(f"{name}: expected an object, got {type(item).__name__}")
-        if "Score" not in item:
-            raise RewardValidationError(f"{name}: missing field 'Score'")
-        text = item.get("Negative Prompt", "")
+        for key in ("Score", "Negative Prompt"):  # the format's keys; a null text means none
+            if key not in item:
+                raise RewardValidationError(f"{name}: missing field {key!r}")
+        text = item["Negative Prompt"]
         if text is None:
             text = ""
         if not isinstance(text, str):
@@ -240,11 +241,12 @@ def load_rewardedit(
     if isinstance(source, Mapping):
         doc = source
     else:
-        text = source
+        text, where = source, "the RewardEdit-20K text"
         if isinstance(source, Path) or (
             isinstance(source, str) and not source.lstrip().startswith(("{", "["))
         ):
             path = Path(source)
+            where = str(path)
             try:
                 text = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as e:
@@ -252,7 +254,7 @@ def load_rewardedit(
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as e:
-            raise RewardValidationError(f"not valid JSON: {e}") from e
+            raise RewardValidationError(f"{where} is not valid JSON: {e}") from e
     if not isinstance(doc, Mapping):
         raise RewardValidationError(
             f"RewardEdit-20K JSON must be an object of triplet_id -> list, got {type(doc).__name__}"

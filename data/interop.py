@@ -55,12 +55,15 @@ CHUNK = 256  # triplets per store transaction while importing
 @dataclass
 class ImportReport:
     imported: int = 0  # triplets added or already present
+    new: int = 0  # of those, triplets the store did not hold before
     labels: int = 0  # label annotations stored
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
 
     def text(self) -> str:
+        present = self.imported - self.new
         lines = [
-            f"imported {self.imported} triplets, {self.labels} labels; skipped {len(self.skipped)}"
+            f"imported {self.imported} triplets ({self.new} new, {present} already in the store), "
+            f"{self.labels} labels; skipped {len(self.skipped)}"
         ]
         lines += [f"  skipped {tid}: {why}" for tid, why in self.skipped[:20]]
         if len(self.skipped) > 20:
@@ -161,8 +164,10 @@ def import_rewardedit(
     )
     for start in range(0, len(items), CHUNK):
         chunk, chunk_rw = items[start : start + CHUNK], rewards[start : start + CHUNK]
+        before = store.count_triplets()
         ids = _add_chunk(store, chunk, report)
         report.imported += sum(1 for i in ids if i is not None)
+        report.new += store.count_triplets() - before
         if labels:
             anns = [
                 {"triplet_id": tid, "kind": "judge", "rewards": rw, "judge_model": label_model,

@@ -71,7 +71,7 @@ def test_import_reports_every_skip_and_roundtrips(tmp_path, rewardedit):
     store = Store(tmp_path / "db" / "s.db")
     instructions = {"t3": "make it red", "t4": "make it blue"}
     report = import_rewardedit(store, path, images, instructions=instructions, progress=False)
-    assert report.imported == 3 and report.labels == 3
+    assert report.imported == 3 and report.new == 3 and report.labels == 3
     skipped = dict(report.skipped)
     assert set(skipped) == {"t4", "missing", "bad"}
     assert "truncated" in skipped["t4"] or "corrupt" in skipped["t4"]
@@ -84,6 +84,7 @@ def test_import_reports_every_skip_and_roundtrips(tmp_path, rewardedit):
     # importing again changes nothing (content-addressed triplets, idempotent label keys)
     again = import_rewardedit(store, path, images, instructions=instructions, progress=False)
     assert again.imported == 3 and store.count("triplets") == 3 and store.count("annotations") == 3
+    assert again.new == 0 and "(0 new, 3 already in the store)" in again.text()
     out = tmp_path / "out.json"
     assert export_labels(store, out, "rewardedit") == 3
     exported = json.loads(out.read_text())

@@ -116,10 +116,16 @@ def test_rewardedit_malformed_entries_are_reported_not_dropped():
     doc["bad-len"] = [{"Score": 5, "Negative Prompt": ""}] * 2
     doc["bad-field"] = [{"score": 5}, {"Score": 5}, {"Score": 5}]
     doc["bad-type"] = "5,5,5"
+    doc["no-text"] = [
+        {"Score": 5, "Negative Prompt": ""},
+        {"Score": 4},
+        {"Score": 5, "Negative Prompt": None},
+    ]
     good, bad = load_rewardedit(doc)
     assert set(good) == {"0001", "0002"}
     reasons = {m.triplet_id: m.reason for m in bad}
-    assert set(reasons) == {"bad-range", "bad-len", "bad-field", "bad-type"}
+    assert set(reasons) == {"bad-range", "bad-len", "bad-field", "bad-type", "no-text"}
+    assert reasons["no-text"] == "preserving: missing field 'Negative Prompt'"
     assert "in [0, 5]" in reasons["bad-range"]
     assert "got 2" in reasons["bad-len"]
     assert "missing field 'Score'" in reasons["bad-field"]
@@ -130,6 +136,10 @@ def test_rewardedit_malformed_entries_are_reported_not_dropped():
 def test_rewardedit_unreadable_document(tmp_path):
     with pytest.raises(RewardValidationError, match="not valid JSON"):
         load_rewardedit('{"a": [')
+    torn = tmp_path / "torn.json"
+    torn.write_text('{"a": [')
+    with pytest.raises(RewardValidationError, match=f"{torn} is not valid JSON"):
+        load_rewardedit(torn)
     with pytest.raises(RewardValidationError, match="must be an object"):
         load_rewardedit("[1, 2]")
     with pytest.raises(RewardValidationError, match="cannot read"):
