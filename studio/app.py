@@ -22,17 +22,18 @@ from typing import Any
 import gradio as gr
 
 from core.store import DEFAULT_LOCK_SECONDS, Store
-from studio.auth import Access, ensure_local_user, password_check
+from studio.auth import Access, ensure_local_user, password_check, visible_tabs
 from studio.context import StudioContext, bind, username
-from studio.edit_tab import build_edit_tab
+from studio.edit_tab import build_edit_tab, model_note
 from studio.media import DifferenceImages, NeutralImages, serve_statically
 from studio.model import EditModel
 from studio.rate_tab import admin_setup, build_rate_tab
 from studio.rating import BlindRating, Evaluation
 from studio.review import ReviewQueue
-from studio.review_tab import build_review_tab, filter_choices
+from studio.review_tab import ANY, build_review_tab, filter_choices
 
 HOTKEYS = Path(__file__).with_name("hotkeys.js")
+TAB_IDS = ("edit", "review", "rate")
 CSS = """
 .mrc-cursor { outline: 3px solid #f59e0b; outline-offset: 2px; border-radius: 8px; }
 #mrc-banner { border-left: 6px solid #f59e0b; padding: 6px 12px; background: #fffbeb; }
@@ -92,11 +93,20 @@ def create_context(
 
 
 def on_load(ctx: StudioContext, request: gr.Request) -> tuple:
-    """Per visitor: who is logged in, filter choices, admin panels (admins only)."""
+    """Per visitor: who is logged in, the tabs their role may use (and nothing the others
+    would reveal: raters get no model name and no review filters), the admin panels."""
     user = username(request)
     role = ctx.access.role_of(user)
     who = f"Signed in as **{user}** ({role})." if user else "Local single-user mode (admin)."
-    return (who, *filter_choices(ctx), *admin_setup(ctx, request))
+    tabs = visible_tabs(role)
+    shown = [gr.Tab(visible=tab in tabs) for tab in TAB_IDS]
+    selected = gr.Tabs(selected=tabs[0]) if tabs else gr.Tabs()
+    if "review" in tabs:
+        choices = filter_choices(ctx)
+    else:
+        choices = (gr.update(choices=[ANY]), gr.update(choices=[ANY]))
+    note = model_note(ctx) if "edit" in tabs else ""
+    return (who, *shown, selected, note, *choices, *admin_setup(ctx, request))
 
 
 def build_demo(ctx: StudioContext) -> gr.Blocks:
@@ -106,20 +116,20 @@ def build_demo(ctx: StudioContext) -> gr.Blocks:
     with gr.Blocks(title="MRC Studio", fill_width=True, delete_cache=(3600, 86400)) as demo:
         gr.Markdown("# MRC Studio\nReward-conditioned instruction-based image editing "
                     "(Multi-Reward as Condition, Gu et al. ICLR 2025).")  # fmt: skip
-        if ctx.banner:
+        if ctx.banner:  # names no model or system: raters see it too
             gr.Markdown(ctx.banner, elem_id="mrc-banner")
         who = gr.Markdown(elem_id="mrc-user")
-        with gr.Tabs():
-            with gr.Tab("Edit", id="edit"):
-                build_edit_tab(ctx)
-            with gr.Tab("Review", id="review"):
+        # Every tab starts hidden; page_load shows those the visitor's role may use.
+        with gr.Tabs() as tabs:
+            with gr.Tab("Edit", id="edit", visible=False) as edit_tab:
+                edit = build_edit_tab(ctx)
+            with gr.Tab("Review", id="review", visible=False) as review_tab:
                 review = build_review_tab(ctx)
-            with gr.Tab("Human evaluation", id="rate"):
+            with gr.Tab("Human evaluation", id="rate", visible=False) as rate_tab:
                 admin = build_rate_tab(ctx)
-        demo.load(
-            bind(on_load, ctx), None, [who, review["category"], review["judge"], *admin],
-            api_name="page_load",
-        )  # fmt: skip
+        outputs = [who, edit_tab, review_tab, rate_tab, tabs, edit["model_note"],
+                   review["category"], review["judge"], *admin]  # fmt: skip
+        demo.load(bind(on_load, ctx), None, outputs, api_name="page_load")
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)
     return demo
 

@@ -30,10 +30,18 @@ LOCAL_USER = "local"
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 # What each role may do. Admins may do everything.
-CAN_EDIT = ("admin", "annotator", "rater")  # run the model in the Edit tab
+# Raters may not run the model: the Edit tab's model may be one of the systems they compare,
+# and editing a benchmark input would show them that system's output (and so unblind them).
+CAN_EDIT = ("admin", "annotator")  # run the model in the Edit tab
 CAN_REVIEW = ("admin", "annotator")  # review and correct labels; send edits to review
 CAN_RATE = ("admin", "rater")  # blind human evaluation
 CAN_SEE_RESULTS = ("admin",)  # results name the systems, so raters never see them
+TABS = {"edit": CAN_EDIT, "review": CAN_REVIEW, "rate": CAN_RATE}  # tab id -> roles shown it
+
+
+def visible_tabs(role: str | None) -> list[str]:
+    """The ids of the tabs a role sees (none for a caller who is not logged in)."""
+    return [tab for tab, roles in TABS.items() if role in roles]
 
 
 class AccessDenied(PermissionError):

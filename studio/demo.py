@@ -223,20 +223,18 @@ def ensure_demo_store(path: str | Path = DEFAULT_DB_PATH, cfg: DemoConfig = Demo
 
 
 def demo_banner(store: Store, model: Any) -> str:
-    """The banner of the demo set-up (names no benchmark system: raters see it too)."""
+    """The banner of the demo set-up. Every visitor sees it, raters included, so it names
+    neither the benchmark systems nor the Edit tab's model (which may be one of them; the
+    Edit tab names it to the roles that may use it), and not the server's paths."""
     counts = store.review_counts(split="train")
     n_train = sum(counts.values())
     n_bench = store.count_triplets(split="bench")
-    model_line = (
-        f"the Shapes demo model (`{model.name}`)"
-        if model.trained
-        else "no trained model (see below)"
-    )
+    model_line = "a trained Shapes demo model" if model.trained else "no trained model (see below)"
     return (
-        f"**Demo set-up.** Database `{store.path}`: {n_train} Shapes training triplets labelled "
-        f"by a simulated noisy judge and the exact Shapes oracle ({counts['pending']} awaiting "
-        f"review), and {n_bench} Shapes-Edit items edited by two systems for blind rating. "
-        f"Edit tab: {model_line}. Use `--db` and `--model` for your own data and model."
+        f"**Demo set-up.** Database `{store.path.name}`: {n_train} Shapes training triplets "
+        f"labelled by a simulated noisy judge and the exact Shapes oracle ({counts['pending']} "
+        f"awaiting review), and {n_bench} Shapes-Edit items edited by two systems for blind "
+        f"rating. Edit tab: {model_line}. Use `--db` and `--model` for your own data and model."
     )
 
 

@@ -53,6 +53,21 @@ def _prepare(ctx, request, image, instruction, scores, texts, *rest):
 
 
 @user_errors
+def check_edit(
+    ctx: StudioContext,
+    image, instruction, s_follow, s_preserve, s_quality, t_follow, t_preserve, t_quality,
+    steps, text_cfg, image_cfg, reward_cfg, seed,
+    request: gr.Request,
+) -> None:  # fmt: skip
+    """The checks of an edit or a sweep, run first without a progress display: a refusal is
+    a toast and leaves the last result on screen (the edit itself repeats the checks)."""
+    _prepare(
+        ctx, request, image, instruction, [s_follow, s_preserve, s_quality],
+        [t_follow, t_preserve, t_quality], steps, text_cfg, image_cfg, reward_cfg, seed,
+    )  # fmt: skip
+
+
+@user_errors
 def run_edit(
     ctx: StudioContext,
     image, instruction, s_follow, s_preserve, s_quality, t_follow, t_preserve, t_quality,
@@ -116,7 +131,17 @@ def send_to_review(ctx: StudioContext, last: dict | None, request: gr.Request) -
     return f"Stored as triplet `{tid}` (split “studio”); it is now in the review queue."
 
 
-def build_edit_tab(ctx: StudioContext) -> None:
+def model_note(ctx: StudioContext) -> str:
+    """The Edit tab's line about its model (filled on page load, for roles that may edit)."""
+    return (
+        f"Model: `{ctx.model.name}`. It works at **{ctx.model.resolution} px**: larger inputs "
+        "are scaled down (long side) before editing."
+    )
+
+
+def build_edit_tab(ctx: StudioContext) -> dict[str, Any]:
+    """Build the tab; returns the components ``app.py`` fills on page load."""
+    model = gr.Markdown(elem_id="edit-model")
     with gr.Row():
         with gr.Column(scale=1):
             image = gr.Image(label="Input image", type="pil", elem_id="edit-input", height=300,
@@ -192,17 +217,20 @@ def build_edit_tab(ctx: StudioContext) -> None:
                             format="png")  # fmt: skip
     last = gr.State(None)
     inputs = [image, instruction, *sliders, *texts, steps, text_cfg, image_cfg, reward_cfg, seed]
-    go.click(
+    checked = dict(show_progress="hidden", api_visibility="private", queue=False)
+    go.click(bind(check_edit, ctx), inputs, None, **checked).success(
         bind(run_edit, ctx), inputs, [compare, status, last],
         api_name="edit", concurrency_limit=1, concurrency_id="model",
     )  # fmt: skip
-    instruction.submit(
+    instruction.submit(bind(check_edit, ctx), inputs, None, **checked).success(
         bind(run_edit, ctx), inputs, [compare, status, last],
         api_name="edit_submit", concurrency_limit=1, concurrency_id="model",
     )  # fmt: skip
-    sweep.click(
+    sweep.click(bind(check_edit, ctx), inputs, None, **checked).success(
         bind(run_sweep, ctx), inputs, [grid],
         api_name="sweep", concurrency_limit=1, concurrency_id="model",
     )  # fmt: skip
     dice.click(randomize_seed, None, [seed], api_name="randomize_seed", queue=False)
-    to_review.click(bind(send_to_review, ctx), [last], [review_status], api_name="send_to_review")
+    to_review.click(bind(send_to_review, ctx), [last], [review_status],
+                    api_name="send_to_review", show_progress="hidden")  # fmt: skip
+    return {"model_note": model}

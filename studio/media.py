@@ -12,8 +12,13 @@ The studio avoids both the copy and any telling name:
   checks the session) instead of hashing and copying each one on every response.
 * **Blind copies** (:class:`NeutralImages`) give a store image a fresh random ``uuid4`` name
   in a private temporary folder for the blind rating tab, so the same output never shows
-  the same name twice and no path can be correlated with a system. :meth:`NeutralImages.link`
-  hard-links the store file (a copy across file systems): no decoding, no re-encoding.
+  the same name twice and no path can be correlated with a system.
+  :meth:`NeutralImages.blind` serves the images of one blind pair as *indistinguishable
+  files*: fresh copies (never hard links, which would carry the store file's modification
+  time into ``Last-Modified`` and the ``ETag``, and so the order in which the systems were
+  run), padded to one common byte size with a private PNG chunk that decoders skip, and
+  stamped with one fixed modification time. The HTTP headers of the images of a pair are
+  therefore identical, and the pixels are untouched (no decoding, no re-encoding).
 * **Difference views** (:class:`DifferenceImages`): ``|edited - original| x 3`` is computed
   once per pair of image hashes, written as PNG and reused (bounded, least recently used
   first out) instead of being recomputed and re-encoded on every request.
@@ -33,8 +38,9 @@ import shutil
 import tempfile
 import threading
 import uuid
+import zlib
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import gradio as gr
@@ -79,17 +85,46 @@ class NeutralImages:
                 self._recent.popleft().unlink(missing_ok=True)
         return str(path)
 
-    def link(self, store_file: str | Path) -> str:
-        """Give a store image file (already a metadata-free PNG) a random name: a hard link,
-        or a byte copy when the store is on another file system. Nothing is re-encoded."""
-        path = self.root / f"{uuid.uuid4().hex}.png"
-        try:
-            os.link(store_file, path)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"the store's image file {store_file} is missing.") from None
-        except OSError:  # another file system, or links not supported there
-            shutil.copyfile(store_file, path)
-        return self._track(path)
+    def blind(self, store_files: Sequence[str | Path]) -> list[str]:
+        """Serve store PNGs that must not be told apart (the input and the two outputs of a
+        blind pair): each gets a fresh random name, all get the same byte size and the same
+        modification time (module docstring). Returns the new paths, in order."""
+        data = []
+        for f in store_files:
+            try:
+                data.append(Path(f).read_bytes())
+            except FileNotFoundError:
+                raise FileNotFoundError(f"the store's image file {f} is missing.") from None
+        # Round the common size up, so it does not even say which of the two is larger.
+        size = -(-max(len(d) + PAD_OVERHEAD for d in data) // SIZE_STEP) * SIZE_STEP
+        paths = []
+        for d in data:
+            path = self.root / f"{uuid.uuid4().hex}.png"
+            path.write_bytes(pad_png(d, size))  # a fresh name: nobody reads it yet
+            os.utime(path, (FIXED_MTIME, FIXED_MTIME))
+            paths.append(self._track(path))
+        return paths
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PAD_CHUNK = b"mrPd"  # ancillary (lower-case 1st letter), private (2nd): decoders skip it
+PAD_OVERHEAD = 12  # a chunk's length, type and CRC fields
+SIZE_STEP = 1024  # blind files are padded to a multiple of this many bytes
+FIXED_MTIME = 1_000_000_000  # 2001-09-09: the Last-Modified of every blind file
+
+
+def pad_png(data: bytes, size: int) -> bytes:
+    """``data`` (a PNG file) grown to exactly ``size`` bytes by a private chunk of zeros
+    inserted before IEND; the image itself is unchanged."""
+    iend = data.rfind(b"IEND") - 4  # the IEND chunk starts with its 4-byte length
+    if not data.startswith(PNG_SIGNATURE) or iend < len(PNG_SIGNATURE):
+        raise ValueError("pad_png expects a complete PNG file.")
+    fill = size - len(data) - PAD_OVERHEAD
+    if fill < 0:
+        raise ValueError(f"a PNG of {len(data)} bytes cannot be padded to {size} bytes.")
+    body = PAD_CHUNK + bytes(fill)
+    chunk = fill.to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+    return data[:iend] + chunk + data[iend:]
 
 
 _TIMES_3 = [min(255, 3 * v) for v in range(256)] * 3  # per-band lookup table: clip(3 v, 255)

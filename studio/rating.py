@@ -10,9 +10,10 @@ shuffled per rater, so raters do not walk the benchmark in the same sequence. Al
 holds a process lock, so two raters asking at the same moment cannot push an item past k.
 
 Blinding: the store draws on which side system A appears (``a_side``); what leaves this
-module for the rater is only the instruction, the input image and the two outputs (linked
-by :class:`~studio.media.NeutralImages` under fresh random names; store files carry no
-metadata) plus an opaque assignment number. The mapping from sides back to systems happens
+module for the rater is only the instruction, the input image and the two outputs (served
+by :meth:`~studio.media.NeutralImages.blind` under fresh random names, with one byte size and
+one modification time, so no header or file property tells the systems apart; store files
+carry no metadata) plus an opaque assignment number. The mapping from sides back to systems happens
 here, on the server, at submission. The rater comes from the login session, and the store
 refuses a rating for an assignment that belongs to someone else.
 """
@@ -158,12 +159,15 @@ class BlindRating:
         a, b = images[row["output_a"]], images[row["output_b"]]
         left, right = (a, b) if row["a_side"] == "L" else (b, a)
         done, assigned = self.counts(rater)
+        original, left, right = self.media.blind(
+            [self.store.image_path(h) for h in (triplet["original"], left, right)]
+        )
         return BlindPair(
             assignment_id=row["id"],
             instruction=triplet["instruction"],
-            original=self.media.link(self.store.image_path(triplet["original"])),
-            left=self.media.link(self.store.image_path(left)),
-            right=self.media.link(self.store.image_path(right)),
+            original=original,
+            left=left,
+            right=right,
             done=done,
             assigned=assigned,
         )

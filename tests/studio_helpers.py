@@ -115,3 +115,38 @@ def client(url: str, user: str | None = None):
 
     auth = (user, PASSWORD) if user else None
     return Client(url, auth=auth, verbose=False, download_files=os.environ.get("TMPDIR", "/tmp"))
+
+
+def login_opener(url: str, user: str):
+    """A urllib opener holding ``user``'s session cookie, as a browser would after login."""
+    import urllib.parse
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    form = urllib.parse.urlencode({"username": user, "password": PASSWORD}).encode()
+    opener.open(url + "login", form)
+    return opener
+
+
+def call(opener, url: str, api: str, *data) -> list:
+    """One event through Gradio's plain HTTP API (``/gradio_api/call/<api>``), as the page's
+    own requests go: returns the list of outputs, or raises RuntimeError with the error text."""
+    import json
+    import urllib.request
+
+    body = json.dumps({"data": list(data)}).encode()
+    request = urllib.request.Request(
+        f"{url}gradio_api/call/{api}", body, {"Content-Type": "application/json"}
+    )
+    event_id = json.loads(opener.open(request).read())["event_id"]
+    stream = opener.open(f"{url}gradio_api/call/{api}/{event_id}").read().decode()
+    event = None
+    for line in stream.splitlines():
+        if line.startswith("event: "):
+            event = line[len("event: ") :]
+        elif line.startswith("data: ") and event in ("complete", "error"):
+            payload = json.loads(line[len("data: ") :])
+            if event == "error":
+                raise RuntimeError(str(payload))
+            return payload
+    raise RuntimeError(f"no result in the event stream of {api}: {stream[:300]}")

@@ -71,11 +71,13 @@ def test_demo_store_is_idempotent_and_deterministic(demo_store, tmp_path):
 
 def test_banner_and_examples_name_no_system(demo_store):
     class Model:
-        trained, name = False, "tiny"
+        trained, name = True, "docs/demo_models/shapes_mrc"
 
     banner = demo_banner(demo_store, Model())
     assert "16 Shapes training triplets" in banner and "two systems" in banner
     assert "demo-corrupted" not in banner and "demo-ground-truth" not in banner
+    # Raters see the banner: no model (it may be a compared system), no server path.
+    assert "shapes_mrc" not in banner and str(demo_store.path.parent) not in banner
     examples = example_inputs(demo_store)
     assert len(examples) == 7 and len({text for _, text in examples}) == 7
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import re
 import urllib.error
@@ -148,3 +149,90 @@ def test_app_refuses_public_serving_without_users(tmp_path, capsys):
     code = app_cli.main(["--db", str(tmp_path / "empty.db"), "--host", "0.0.0.0"])
     assert code == 2
     assert "requires login" in capsys.readouterr().err
+
+
+def test_a_rater_cannot_tell_the_systems_apart(tmp_path):
+    """Everything a rater receives for a pair, compared between the two systems' outputs:
+    the API answer's file records, and the served files' headers, sizes and names. The Edit
+    tab's model is named like system A's model, so a leak of it would show too."""
+    import dataclasses
+
+    import numpy as np
+
+    from tests.studio_helpers import call, login_opener
+
+    store = build_store(tmp_path / "blind.db")
+    ctx = _ctx(store, login=True)
+    ctx.model = dataclasses.replace(ctx.model, name=MODEL_A)
+    with serve(ctx) as url:
+        opener = login_opener(url, "rita")
+        for path in ("", "config", "gradio_api/info"):
+            _assert_clean(opener.open(url + path).read().decode(), f"GET /{path}")
+        loaded = call(opener, url, "page_load")
+        _assert_clean(json.dumps(loaded), "page_load")
+        shown = [u for u in loaded if isinstance(u, dict) and u.get("__type__") == "update"]
+        tabs = [u.get("visible") for u in shown[:3]]  # edit, review, rate
+        assert tabs == [False, False, True]
+        with pytest.raises(RuntimeError, match="role 'rater'"):  # and the API refuses too
+            call(opener, url, "edit", None, "x", 5, 5, 5, "", "", "", 2, 7.5, 1.5, 1.0, 0)
+        with store.db() as db:
+            store_mtimes = {
+                Path(store.image_path(h)).stat().st_mtime
+                for (h,) in db.execute("SELECT image FROM run_outputs")
+            }
+        from gradio_client import Client
+
+        rita = Client(url, auth=("rita", PASSWORD), verbose=False, download_files=False)
+        answer = rita.predict(api_name="/rate_next")
+        for _ in range(4):
+            _assert_clean(json.dumps(answer), "the rate_next answer")
+            files = [a for a in answer if isinstance(a, dict) and "url" in a]
+            assert len(files) == 3  # input, left, right
+            records = [{k: v for k, v in f.items() if k not in ("url", "path", "orig_name")}
+                       for f in files]  # fmt: skip
+            assert records[1] == records[2], records  # same size, type, everything
+            served = []
+            for f in files:
+                assert re.fullmatch(r"[0-9a-f]{32}\.png", f["orig_name"]), f["orig_name"]
+                response = opener.open(f["url"])
+                body = response.read()
+                headers = {k.lower(): v for k, v in response.headers.items()}
+                del headers["date"]  # the time of the request
+                # the file's own random name: the only header that differs, and it is random
+                disposition = headers.pop("content-disposition")
+                assert disposition == f'inline; filename="{f["orig_name"]}"', disposition
+                served.append((headers, body))
+            (_, _), (h_left, left), (h_right, right) = served
+            assert h_left == h_right, (h_left, h_right)  # Last-Modified, ETag, length, type
+            assert len(left) == len(right)
+            modified = email.utils.parsedate_to_datetime(h_left["last-modified"]).timestamp()
+            assert modified not in store_mtimes  # no store file's time
+            # The pixels are the systems' own outputs, unchanged.
+            (row,) = [r for r in _assignments(store, "rita") if r["status"] == "pending"]
+            a, b = _output_pixels(store, row["output_a"]), _output_pixels(store, row["output_b"])
+            if row["a_side"] == "R":
+                a, b = b, a
+            assert np.array_equal(_pixels(left), a) and np.array_equal(_pixels(right), b)
+            answer = rita.predict("4", "4", "4", "2", "2", "2", "right", api_name="/rate_submit")
+            _assert_clean(json.dumps(answer), "the rate_submit answer")
+
+
+def _assignments(store, rater):
+    with store.db() as db:
+        return list(db.query("SELECT * FROM rating_assignments WHERE rater = ?", [rater]))
+
+
+def _output_pixels(store, output_id):
+    import numpy as np
+
+    with store.db() as db:
+        (h,) = db.execute("SELECT image FROM run_outputs WHERE id = ?", [output_id]).fetchone()
+    return np.asarray(Image.open(store.image_path(h)).convert("RGB"))
+
+
+def _pixels(data: bytes):
+    import io
+
+    import numpy as np
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
