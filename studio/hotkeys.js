@@ -4,7 +4,8 @@
 //
 // Review tab: 0-5 set the highlighted perspective's score (Shift adds 0.5) and move to the
 //   next one; Up/Down choose the perspective; Enter accepts (the store records "fixed" when
-//   the values changed); Left/Right move to the previous/next item; r rejects; s skips.
+//   the values changed); Left/Right move to the previous/next item; r rejects; s skips;
+//   u undoes your last decision (the item opens again).
 // Human-eval tab: 0-5 set the highlighted score and move on (left F/P/Q, then right F/P/Q);
 //   Up/Down choose; l / r / t / x prefer left / right / tie / both bad; Enter submits;
 //   Right skips.
@@ -107,6 +108,9 @@
         cursor[tab] = 0;
       } else if (tab === "review" && e.key === "s") {
         click("review-skip");
+        cursor[tab] = 0;
+      } else if (tab === "review" && e.key === "u") {
+        click("review-undo");
         cursor[tab] = 0;
       } else if (tab === "rate" && e.key === "ArrowRight") {
         click("rate-skip");

@@ -232,13 +232,16 @@ def build_rate_tab(ctx: StudioContext) -> list[Any]:
         radios["right", p] for p in PERSPECTIVES
     ]
     outputs = [state, instruction, original, left, right, *side_radios, preference, progress]
-    start.click(bind(rate_next, ctx), None, outputs, api_name="rate_next")
+    # A refusal (a missing score, no pair) is a toast that leaves the pair on screen: no
+    # "Error" badge over each output (show_progress="hidden"; these events are quick).
+    quiet = dict(show_progress="hidden")
+    start.click(bind(rate_next, ctx), None, outputs, api_name="rate_next", **quiet)
     submit.click(bind(rate_submit, ctx), [state, *side_radios, preference], outputs,
-                 api_name="rate_submit")  # fmt: skip
-    skip.click(bind(rate_skip, ctx), [state], outputs, api_name="rate_skip")
+                 api_name="rate_submit", **quiet)  # fmt: skip
+    skip.click(bind(rate_skip, ctx), [state], outputs, api_name="rate_skip", **quiet)
     configure.click(bind(rate_configure, ctx), [run_a, run_b, overlap], [setup_status],
-                    api_name="rate_configure")  # fmt: skip
+                    api_name="rate_configure", **quiet)  # fmt: skip
     refresh.click(bind(show_results, ctx), None, [note, scores, wins, bt, alpha, agreement],
-                  api_name="results")  # fmt: skip
+                  api_name="results", show_progress="minimal")  # fmt: skip
     export.click(bind(export_results, ctx), None, [files], api_name="results_export")
     return [setup, results_box, run_a, run_b]

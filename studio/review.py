@@ -390,6 +390,54 @@ class ReviewQueue:
             self._claims.pop(triplet_id, None)
         return record
 
+    # -- undo and overviews --------------------------------------------------------------------
+    def undo_last(self, user: str) -> tuple[ReviewItem, LabelRecord]:
+        """Undo ``user``'s most recent decision not yet undone (``Store.undo_label``) and
+        open that item for them again; returns it with the label as it is now."""
+        recent = self.store.recent_decisions(user, limit=1)
+        if not recent:
+            raise StoreInputError("You have no decision to undo.")
+        last = recent[0]
+        record = self.store.undo_label(last["triplet_id"], user=user, version=last["version"])
+        return self.open_item(user, last["triplet_id"]), record
+
+    def overview(self, flt: ReviewFilter, limit: int = 200) -> list[dict[str, Any]]:
+        """The first ``limit`` items passing ``flt``, in queue order (most doubtful first),
+        with their status and who holds them: the table the review tab jumps from."""
+        with self._mutex:
+            self._refresh()
+            order = self._candidates(flt)
+            doubt = dict(self._doubt)
+        wanted, stamp, out = flt.statuses(), store_now(), []
+        for offset in range(0, len(order), 4 * CHUNK):
+            ids = order[offset : offset + 4 * CHUNK]
+            with self.store.db() as db:
+                rows = db.execute(
+                    f"SELECT l.triplet_id, l.status, l.locked_by, l.locked_until, "
+                    f"{', '.join('l.' + p for p in PERSPECTIVES)} FROM labels l "
+                    f"WHERE l.triplet_id IN ({', '.join('?' * len(ids))})", ids,
+                ).fetchall()  # fmt: skip
+                texts = dict(db.execute(
+                    f"SELECT id, instruction FROM triplets WHERE id IN "
+                    f"({', '.join('?' * len(ids))})", ids,
+                ).fetchall())  # fmt: skip
+            labels = {r[0]: r for r in rows}
+            for tid in ids:
+                row = labels.get(tid)
+                if (row[1] if row else None) not in wanted:
+                    continue
+                if flt.perspective is not None:
+                    score = row[4 + PERSPECTIVES.index(flt.perspective)] if row else None
+                    if score is None or not flt.score_min <= score <= flt.score_max:
+                        continue
+                held = row[2] if row and row[2] and row[3] > stamp else ""
+                out.append({"id": tid, "instruction": texts[tid],
+                            "status": row[1] if row else UNLABELED,
+                            "doubt": round(doubt.get(tid, 10.0), 1), "held by": held})  # fmt: skip
+                if len(out) == limit:
+                    return out
+        return out
+
     # -- progress and export -------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         """Reviewable triplets (those with an edited image) per review status."""

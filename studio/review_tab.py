@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from core.rewards import PERSPECTIVES, TITLES
+from core.rewards import PERSPECTIVES, TITLES, Rewards
 from core.store import ConflictError, LabelRecord, LockedError
 from studio.auth import CAN_REVIEW
 from studio.context import StudioContext, bind, user_errors, username
@@ -26,6 +26,7 @@ from studio.review import STATUS_FILTERS, ReviewFilter, ReviewItem
 ANY = "(any)"
 ANNOTATION_COLUMNS = ["source", "prompt", *PERSPECTIVES, "failure points"]
 HISTORY_COLUMNS = ["version", "who", "when", "action", "before", "after", "note"]
+NO_CONFLICT = (gr.update(visible=False), "")  # the conflict panel's outputs when there is none
 PROGRESS_COLUMNS = ["annotator", "saved", "accepted", "fixed", "rejected", "skipped",
                     "median_seconds_per_item", "last_active"]  # fmt: skip
 
@@ -90,7 +91,7 @@ def _empty(message: str) -> tuple:
     return (
         None, message, None, None, None,
         pd.DataFrame(columns=ANNOTATION_COLUMNS), *blank_scores, *blank_texts, "",
-        pd.DataFrame(columns=HISTORY_COLUMNS),
+        pd.DataFrame(columns=HISTORY_COLUMNS), *NO_CONFLICT,
     )  # fmt: skip
 
 
@@ -129,7 +130,15 @@ def _show(ctx: StudioContext, item: ReviewItem | None, message: str = "") -> tup
         *texts,
         (label.note or "") if label else "",
         _history_table(ctx, t["id"]),
+        *NO_CONFLICT,
     )
+
+
+def _release_unless_shown(ctx: StudioContext, user: str, state, item: ReviewItem | None) -> None:
+    """Give back the item that was on screen, once its successor has been taken (so a refused
+    open or an error never costs the annotator the item they hold)."""
+    if state and (item is None or item.triplet_id != state["triplet_id"]):
+        ctx.queue.release(user, state["triplet_id"])
 
 
 def _user(ctx: StudioContext, request: gr.Request) -> str:
@@ -142,9 +151,9 @@ def review_next(ctx: StudioContext, state, status, category, judge, perspective,
     """Apply the filters and take the most doubtful free item."""
     user = _user(ctx, request)
     flt = _filter(status, category, judge, perspective, lo, hi)
-    if state:
-        ctx.queue.release(user, state["triplet_id"])
-    return _show(ctx, ctx.queue.next_item(user, flt))
+    item = ctx.queue.next_item(user, flt)
+    _release_unless_shown(ctx, user, state, item)
+    return _show(ctx, item)
 
 
 @user_errors
@@ -154,9 +163,9 @@ def review_forward(ctx: StudioContext, state, status, category, judge, perspecti
     user = _user(ctx, request)
     flt = _filter(status, category, judge, perspective, lo, hi)
     after = state["triplet_id"] if state else None
-    if state:
-        ctx.queue.release(user, after)
-    return _show(ctx, ctx.queue.next_item(user, flt, after=after))
+    item = ctx.queue.next_item(user, flt, after=after)
+    _release_unless_shown(ctx, user, state, item)
+    return _show(ctx, item)
 
 
 @user_errors
@@ -172,7 +181,7 @@ def review_back(ctx: StudioContext, state, status, category, judge, perspective,
         item = ctx.queue.open_item(user, state["triplet_id"])
         item.held_since = state["held_since"]
         return _show(ctx, item, "This is the first item.")
-    ctx.queue.release(user, state["triplet_id"])
+    _release_unless_shown(ctx, user, state, item)
     return _show(ctx, item)
 
 
@@ -183,9 +192,61 @@ def review_open(ctx: StudioContext, state, triplet_id: str, request: gr.Request)
     triplet_id = (triplet_id or "").strip()
     if not triplet_id:
         raise gr.Error("Enter a triplet id to open.", print_exception=False)
-    if state and state["triplet_id"] != triplet_id:
-        ctx.queue.release(user, state["triplet_id"])
-    return _show(ctx, ctx.queue.open_item(user, triplet_id))
+    item = ctx.queue.open_item(user, triplet_id)  # a refusal leaves the current item held
+    _release_unless_shown(ctx, user, state, item)
+    return _show(ctx, item)
+
+
+def _rewards_cell(rewards: Any, p: str) -> str:
+    r = rewards[p]
+    text = r.text.replace("|", "/") if r.text else "no failure points"
+    return f"**{r.score:g}** · {text}"
+
+
+def _conflict_table(current: LabelRecord | None, mine: Rewards, decision: str, note) -> str:
+    """Theirs (the label as it is now) beside mine (the form's values), per perspective."""
+    if current is None:
+        theirs_head, theirs = "Theirs: no label", None
+    else:
+        when = current.updated_at[:19].replace("T", " ")
+        theirs_head = f"Theirs: version {current.version}, {current.updated_by}, {when}"
+        theirs = current.rewards
+    rows = [f"| | {theirs_head} | Mine (in the form) |", "|---|---|---|"]
+    for p in PERSPECTIVES:
+        rows.append(f"| {TITLES[p]} | {_rewards_cell(theirs, p) if theirs else '–'} | "
+                    f"{_rewards_cell(mine, p)} |")  # fmt: skip
+    rows.append(f"| Decision | {current.status if current else '–'} | {decision} |")
+    theirs_note = (current.note or "") if current else ""
+    rows.append(f"| Note | {theirs_note.replace('|', '/')} | {(note or '').replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+def _save(ctx: StudioContext, user: str, state, version: int, decision: str, scores, texts,
+          note, flt: ReviewFilter, saved: str = "Saved") -> tuple:  # fmt: skip
+    """Save the form over ``version``; on a conflict, keep the form and show theirs and mine."""
+    tid = state["triplet_id"]
+    try:
+        record = ctx.queue.save(
+            user, tid, version, decision, scores, texts, note, held_since=state["held_since"]
+        )
+    except (ConflictError, LockedError) as e:
+        current = ctx.store.get_label(tid)
+        mine = Rewards.from_scores([float(x) for x in scores], [t or "" for t in texts])
+        message = (
+            f"**Not saved.** {e} Your values are still in the form. Compare them with the "
+            "current label below: **Apply mine on top** saves yours over it, **Take theirs** "
+            "loads it into the form."
+        )
+        header = _header(ctx.store.get_triplet(tid), current, ctx.queue.doubt(tid))
+        conflict = {"version": current.version if current else 0, "decision": decision}
+        return (
+            {**state, "conflict": conflict}, f"{message}\n\n{header}",
+            *(gr.skip() for _ in range(4 + 2 * len(PERSPECTIVES) + 1)),
+            _history_table(ctx, tid),
+            gr.update(visible=True), _conflict_table(current, mine, decision, note),
+        )  # fmt: skip
+    done = f"{saved} `{tid}` as **{record.status}** (version {record.version})."
+    return _show(ctx, ctx.queue.next_item(user, flt, after=tid), done)
 
 
 def _decide(ctx: StudioContext, decision: str, state, s_f, s_p, s_q, t_f, t_p, t_q, note,
@@ -194,27 +255,31 @@ def _decide(ctx: StudioContext, decision: str, state, s_f, s_p, s_q, t_f, t_p, t
     if not state:
         raise gr.Error("No item is open; press “Load queue” first.", print_exception=False)
     flt = _filter(status, category, judge, perspective, lo, hi)
-    tid = state["triplet_id"]
-    try:
-        record = ctx.queue.save(
-            user, tid, state["version"], decision, [s_f, s_p, s_q], [t_f, t_p, t_q], note,
-            held_since=state["held_since"],
-        )  # fmt: skip
-    except (ConflictError, LockedError) as e:
-        # Keep the annotator's form values; refresh only the header and the history.
-        current = ctx.store.get_label(tid)
-        message = (
-            f"**Not saved.** {e} Your values are still in the form; to apply them to the "
-            f"current label, open `{tid}` again (“Open a triplet by id”)."
-        )
-        header = _header(ctx.store.get_triplet(tid), current, ctx.queue.doubt(tid))
-        return (
-            state, f"{message}\n\n{header}", gr.skip(), gr.skip(), gr.skip(), gr.skip(),
-            *(gr.skip() for _ in range(2 * len(PERSPECTIVES) + 1)),
-            _history_table(ctx, tid),
-        )  # fmt: skip
-    done = f"Saved `{tid}` as **{record.status}** (version {record.version})."
-    return _show(ctx, ctx.queue.next_item(user, flt, after=tid), done)
+    return _save(ctx, user, state, state["version"], decision, [s_f, s_p, s_q],
+                 [t_f, t_p, t_q], note, flt)  # fmt: skip
+
+
+@user_errors
+def review_apply_mine(ctx: StudioContext, state, s_f, s_p, s_q, t_f, t_p, t_q, note,
+                      status, category, judge, perspective, lo, hi, request: gr.Request):  # fmt: skip
+    """After a conflict: save the form's values (and decision) on top of the current version."""
+    user = _user(ctx, request)
+    if not state or "conflict" not in state:
+        raise gr.Error("There is no conflict to resolve.", print_exception=False)
+    flt = _filter(status, category, judge, perspective, lo, hi)
+    conflict = state["conflict"]
+    return _save(ctx, user, state, conflict["version"], conflict["decision"], [s_f, s_p, s_q],
+                 [t_f, t_p, t_q], note, flt, saved="Saved your values over theirs:")  # fmt: skip
+
+
+@user_errors
+def review_take_theirs(ctx: StudioContext, state, request: gr.Request):
+    """After a conflict: load the current label (theirs) into the form, dropping mine."""
+    user = _user(ctx, request)
+    if not state:
+        raise gr.Error("No item is open; press “Load queue” first.", print_exception=False)
+    item = ctx.queue.open_item(user, state["triplet_id"])
+    return _show(ctx, item, "Loaded the current version; your values were dropped.")
 
 
 def _decision_handler(decision: str):
@@ -229,6 +294,57 @@ def _decision_handler(decision: str):
         f"Save the displayed label with the decision “{decision}”, then load the next item."
     )
     return handler
+
+
+RECENT_COLUMNS = ["id", "when", "decision", *PERSPECTIVES, "undoable"]
+OVERVIEW_COLUMNS = ["id", "instruction", "status", "doubt", "held by"]
+
+
+def _recent_table(ctx: StudioContext, user: str) -> pd.DataFrame:
+    rows = [
+        [d["triplet_id"], d["at"][:19].replace("T", " "), d["status"],
+         *(d["rewards"][p]["score"] for p in PERSPECTIVES), "yes" if d["current"] else "no"]
+        for d in ctx.store.recent_decisions(user)
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=RECENT_COLUMNS)
+
+
+@user_errors
+def review_undo(ctx: StudioContext, state, request: gr.Request):
+    """Undo your last decision: the label goes back to what it was, and the item is open
+    again for you (the item on screen is given back)."""
+    user = _user(ctx, request)
+    item, record = ctx.queue.undo_last(user)
+    _release_unless_shown(ctx, user, state, item)
+    message = (
+        f"Undid your last decision on `{item.triplet_id}`: it is back to **{record.status}** "
+        f"(now version {record.version}) and open again."
+    )
+    return (*_show(ctx, item, message), _recent_table(ctx, user))
+
+
+@user_errors
+def review_recent(ctx: StudioContext, request: gr.Request):
+    """Your latest decisions, newest first (select one to open it)."""
+    return _recent_table(ctx, _user(ctx, request))
+
+
+@user_errors
+def review_table(ctx: StudioContext, status, category, judge, perspective, lo, hi,
+                 request: gr.Request):  # fmt: skip
+    """The queue as a table (first 200 items, most doubtful first); select one to open it."""
+    _user(ctx, request)
+    flt = _filter(status, category, judge, perspective, lo, hi)
+    return pd.DataFrame(ctx.queue.overview(flt), columns=OVERVIEW_COLUMNS)
+
+
+@user_errors
+def review_pick(ctx: StudioContext, state, evt: gr.SelectData, request: gr.Request):
+    """Open the item of the selected table row (its first cell is the triplet id)."""
+    row = evt.row_value or []
+    if not row or not row[0]:
+        raise gr.Error("That row names no item.", print_exception=False)
+    return review_open.__wrapped__(ctx, state, str(row[0]), request)
 
 
 @user_errors
@@ -266,7 +382,7 @@ def build_review_tab(ctx: StudioContext) -> dict[str, Any]:
         "Judge labels come pre-filled; correct scores and failure points, then decide. "
         "**Keys:** `0`–`5` set the highlighted score (↑/↓ choose the perspective), "
         "`Enter` accepts (Fix & Accept when you changed something), `←`/`→` move, "
-        "`r` rejects, `s` skips."
+        "`r` rejects, `s` skips, `u` undoes your last decision (the item opens again)."
     )
     with gr.Row():
         status = gr.Dropdown(
@@ -304,10 +420,25 @@ def build_review_tab(ctx: StudioContext) -> dict[str, Any]:
         fix = gr.Button("Fix & Accept", variant="primary", elem_id="review-fix")
         reject = gr.Button("Reject", variant="stop", elem_id="review-reject")
         skip = gr.Button("Skip", elem_id="review-skip")
+        undo = gr.Button("↶ Undo last decision", elem_id="review-undo")
         forward = gr.Button("Next →", elem_id="review-forward")
+    with gr.Group(visible=False, elem_id="review-conflict") as conflict_box:
+        conflict_md = gr.Markdown(elem_id="review-conflict-table")
+        with gr.Row():
+            apply_mine = gr.Button("Apply mine on top", variant="primary",
+                                   elem_id="review-apply-mine")  # fmt: skip
+            take_theirs = gr.Button("Take theirs", elem_id="review-take-theirs")
     history = gr.Dataframe(
         headers=HISTORY_COLUMNS, label="History (newest first)", interactive=False
     )
+    with gr.Accordion("My recent decisions (select one to open it)", open=False):
+        recent = gr.Dataframe(headers=RECENT_COLUMNS, interactive=False, elem_id="review-recent")
+        recent_refresh = gr.Button(
+            "Refresh my decisions", size="sm", elem_id="review-recent-refresh"
+        )
+    with gr.Accordion("All items (select one to open it)", open=False):
+        table = gr.Dataframe(headers=OVERVIEW_COLUMNS, interactive=False, elem_id="review-table")
+        table_refresh = gr.Button("Show the queue", size="sm", elem_id="review-table-refresh")
     with gr.Accordion("Open a triplet by id", open=False):
         with gr.Row():
             open_id = gr.Textbox(label="Triplet id", scale=3)
@@ -335,13 +466,20 @@ def build_review_tab(ctx: StudioContext) -> dict[str, Any]:
         *texts,
         note,
         history,
+        conflict_box,
+        conflict_md,
     ]
-    load.click(bind(review_next, ctx), [state, *filters], item_outputs, api_name="review_next")
-    forward.click(
-        bind(review_forward, ctx), [state, *filters], item_outputs, api_name="review_forward"
-    )
-    back.click(bind(review_back, ctx), [state, *filters], item_outputs, api_name="review_back")
-    open_btn.click(bind(review_open, ctx), [state, open_id], item_outputs, api_name="review_open")
+    # show_progress="hidden": a refusal is a toast (gr.Error) and leaves every output as it
+    # was, instead of an "Error" badge over each of them; these events take milliseconds.
+    quiet = dict(show_progress="hidden")
+    load.click(bind(review_next, ctx), [state, *filters], item_outputs, api_name="review_next",
+               **quiet)  # fmt: skip
+    forward.click(bind(review_forward, ctx), [state, *filters], item_outputs,
+                  api_name="review_forward", **quiet)  # fmt: skip
+    back.click(bind(review_back, ctx), [state, *filters], item_outputs, api_name="review_back",
+               **quiet)  # fmt: skip
+    open_btn.click(bind(review_open, ctx), [state, open_id], item_outputs,
+                   api_name="review_open", **quiet)  # fmt: skip
     form = [state, *scores, *texts, note, *filters]
     for button, decision in ((accept, "accept"), (fix, "fix"), (reject, "reject"), (skip, "skip")):
         button.click(
@@ -349,9 +487,22 @@ def build_review_tab(ctx: StudioContext) -> dict[str, Any]:
             form,
             item_outputs,
             api_name=f"review_{decision}",
+            **quiet,
         )
-    refresh.click(
-        bind(review_progress, ctx), None, [progress_md, progress_df], api_name="review_progress"
-    )
+    apply_mine.click(bind(review_apply_mine, ctx), form, item_outputs,
+                     api_name="review_apply_mine", **quiet)  # fmt: skip
+    take_theirs.click(bind(review_take_theirs, ctx), [state], item_outputs,
+                      api_name="review_take_theirs", **quiet)  # fmt: skip
+    undo.click(bind(review_undo, ctx), [state], [*item_outputs, recent], api_name="review_undo",
+               **quiet)  # fmt: skip
+    recent_refresh.click(bind(review_recent, ctx), None, [recent], api_name="review_recent",
+                         **quiet)  # fmt: skip
+    table_refresh.click(bind(review_table, ctx), filters, [table], api_name="review_table",
+                        **quiet)  # fmt: skip
+    for picked in (recent, table):
+        picked.select(bind(review_pick, ctx), [state], item_outputs, api_visibility="private",
+                      **quiet)  # fmt: skip
+    refresh.click(bind(review_progress, ctx), None, [progress_md, progress_df],
+                  api_name="review_progress", **quiet)  # fmt: skip
     export.click(bind(review_export, ctx), [include], [files], api_name="review_export")
     return {"category": category, "judge": judge}

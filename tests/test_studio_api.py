@@ -26,7 +26,7 @@ def studio(tmp_path_factory):
     store = build_store(tmp_path_factory.mktemp("studio") / "s.db")
     ctx = create_context(
         store, tiny_model(), login_required=True,
-        evaluation=Evaluation(SYSTEM_A, SYSTEM_B, overlap=2), lock_seconds=2.0,
+        evaluation=Evaluation(SYSTEM_A, SYSTEM_B, overlap=2), lock_seconds=60.0,
     )  # fmt: skip
     with serve(ctx) as url:
         yield store, ctx, url
@@ -90,21 +90,53 @@ def test_review_locks_and_a_conflict_between_two_clients(studio):
     assert _header_id(b_item[0]) != tid  # alice's lock keeps bob off her item
     version = store.get_label(tid).version
 
-    time.sleep(2.2)  # alice's lock (2 s in this app) expires while she is still looking
+    # alice's lock expires while she is still looking (shortened here, not waited for: on a
+    # loaded machine a short lock could expire before bob's first call already)
+    store.acquire_lock(tid, "alice", seconds=0.05)
+    time.sleep(0.1)
     opened = bob.predict(tid, api_name="/review_open")
     assert _header_id(opened[0]) == tid
     bob_saved = bob.predict(1, 5, 3, "nothing changed", "", "noise", "bob was here",
                             *FILTERS.values(), api_name="/review_fix")  # fmt: skip
     assert "Saved" in bob_saved[0]
 
-    alice_try = alice.predict(5, 5, 5, "", "", "", "", *FILTERS.values(), api_name="/review_accept")
+    mine = (4, 4, 2, "", "", "blurry")
+    alice_try = alice.predict(*mine, "", *FILTERS.values(), api_name="/review_fix")
     assert "Not saved" in alice_try[0] and "bob" in alice_try[0]
+    # The conflict view shows theirs and mine, side by side (the last output).
+    theirs_and_mine = alice_try[-1]
+    assert f"Theirs: version {version + 1}, bob" in theirs_and_mine
+    assert "**1** · nothing changed" in theirs_and_mine and "**2** · blurry" in theirs_and_mine
     label = store.get_label(tid)
     assert label.rewards.scores == (1.0, 5.0, 3.0) and label.updated_by == "bob"
     assert label.version == version + 1
     history = store.history(tid)
     assert [h["user"] for h in history][-1] == "bob" and history[-1]["note"] == "bob was here"
     assert not any(h["user"] == "alice" for h in history)
+
+    # Alice applies her values on top of bob's version: nothing of either is lost.
+    applied = alice.predict(*mine, "", *FILTERS.values(), api_name="/review_apply_mine")
+    assert f"Saved your values over theirs: `{tid}` as **fixed**" in applied[0]
+    label = store.get_label(tid)
+    assert label.rewards.scores == (4.0, 4.0, 2.0) and label.version == version + 2
+    assert [h["user"] for h in store.history(tid)][-2:] == ["bob", "alice"]
+    with pytest.raises(Exception, match="no conflict"):  # nothing left to resolve
+        alice.predict(*mine, "", *FILTERS.values(), api_name="/review_apply_mine")
+
+
+def test_a_refused_open_keeps_the_item_held(studio):
+    store, ctx, url = studio
+    alice, bob = client(url, "alice"), client(url, "bob")
+    held = _header_id(alice.predict(*FILTERS.values(), api_name="/review_next")[0])
+    taken = _header_id(bob.predict(*FILTERS.values(), api_name="/review_next")[0])
+    with pytest.raises(Exception, match="bob"):
+        alice.predict(taken, api_name="/review_open")
+    assert store.get_label(held).locked_by == "alice"  # alice still holds her item
+    with pytest.raises(Exception, match="score range"):  # a bad filter: nothing released
+        alice.predict("to review", "(any)", "(any)", "(any)", 4, 2, api_name="/review_forward")
+    assert store.get_label(held).locked_by == "alice"
+    for c in (alice, bob):
+        c.predict(*FILTERS.values(), api_name="/review_forward")
 
 
 def test_review_decisions_progress_and_export(studio):
@@ -185,6 +217,7 @@ def test_review_images_are_served_in_place_and_the_difference_is_cached(studio):
     ada = client(url, "ada")
     raw = Client(url, auth=("ada", helpers.PASSWORD), verbose=False, download_files=False)
     tid = helpers.triplet_ids(store)[-1]
+    store.release_lock(tid, "ada", force=True)  # an earlier test's annotator may hold it
     triplet = store.get_triplet(tid)
     views = [raw.predict(tid, api_name="/review_open") for _ in range(2)]
     for out in views:

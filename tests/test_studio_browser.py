@@ -7,6 +7,7 @@ the keyboard and checks that the results table changed. Skipped with the reason 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -16,7 +17,16 @@ from PIL import Image
 
 from studio.app import create_context
 from studio.rating import Evaluation
-from tests.studio_helpers import SYSTEM_A, SYSTEM_B, build_store, serve, tiny_model
+from tests.studio_helpers import (
+    MODEL_A,
+    MODEL_B,
+    PASSWORD,
+    SYSTEM_A,
+    SYSTEM_B,
+    build_store,
+    serve,
+    tiny_model,
+)
 
 CHROMIUM = Path(os.environ.get("MRC_CHROMIUM", "/usr/bin/chromium"))
 ARGS = [
@@ -32,6 +42,17 @@ pytestmark = [
     ),
 ]
 TIMEOUT = 30_000  # ms for any one UI step on a busy 2-core machine
+# Elements inside a component that say "Error" and are not hidden (Gradio's status tracker
+# stays in the page and hides with opacity 0).
+SHOWN_ERROR_BADGES = """(selector) => [...document.querySelectorAll(selector + " *")].filter((el) => {
+  if (el.childElementCount > 0 || !/\\bError\\b/.test(el.textContent)) return false;
+  for (let e = el; e; e = e.parentElement) {
+    const style = getComputedStyle(e);
+    if (style.opacity === "0" || style.display === "none" || style.visibility === "hidden")
+      return false;
+  }
+  return true;
+}).length"""
 
 
 @pytest.fixture(scope="module")
@@ -99,4 +120,110 @@ def test_edit_review_rate_and_results_in_the_browser(browser, tmp_path):
         page.get_by_text("1 raters").wait_for()
         after = page.locator("#results-scores").inner_text()
         assert after != before and SYSTEM_A in after and SYSTEM_B in after
+        page.close()
+
+
+def _login(page, url: str, user: str) -> None:
+    page.goto(url)
+    page.get_by_label("username").fill(user)
+    page.get_by_label("password").fill(PASSWORD)
+    page.get_by_role("button", name="Login").click()
+    page.locator("#mrc-user").get_by_text(f"Signed in as {user}").wait_for()
+
+
+def test_a_rater_sees_only_the_blind_tab_and_indistinguishable_images(browser, tmp_path):
+    """Issue 14, point 1, in the browser: a rater's page shows one tab, names no model or
+    system, and the two outputs arrive with the same headers (time, ETag, size, type)."""
+    store = build_store(tmp_path / "s.db")
+    ctx = create_context(
+        store, tiny_model(), login_required=True, evaluation=Evaluation(SYSTEM_A, SYSTEM_B)
+    )
+    ctx.model = dataclasses.replace(ctx.model, name=MODEL_A)  # the Edit model: a compared one
+    with serve(ctx) as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(TIMEOUT)
+        images = {}
+        page.on("response", lambda r: images.__setitem__(r.url, r) if "file=" in r.url else None)
+        _login(page, url, "rita")
+        tabs = page.get_by_role("tab")
+        assert [t.strip() for t in tabs.all_inner_texts()] == ["Human evaluation"]
+        page.locator("#rate-start").click()
+        page.locator("#rate-instruction").get_by_text("turn item").wait_for()
+        sources = []
+        for box in ("#rate-left-image", "#rate-right-image"):
+            img = page.locator(f"{box} img")
+            img.wait_for()
+            page.wait_for_function(
+                "(el) => el.complete && el.naturalWidth > 0", arg=img.element_handle()
+            )
+            sources.append(img.get_attribute("src"))
+        text = page.content()
+        for secret in (SYSTEM_A, SYSTEM_B, MODEL_A, MODEL_B, "ALPHA", "BRAVO"):
+            assert secret not in text, secret
+        headers = []
+        for src in sources:
+            response = images[next(u for u in images if u.endswith(src.split("file=")[-1]))]
+            h = dict(response.all_headers())
+            for varying in ("date", "content-disposition"):  # request time, random name
+                h.pop(varying, None)
+            headers.append(h)
+        assert headers[0] == headers[1] and "last-modified" in headers[0]
+        page.close()
+
+
+def test_errors_are_toasts_a_conflict_applies_mine_and_undo(browser, tmp_path):
+    """Issue 14, points 2 and 3: a refusal is a toast that leaves the pair on screen; after a
+    conflict the form keeps my values, shows theirs, and applies mine on top; `u` undoes."""
+    store = build_store(tmp_path / "s.db")
+    ctx = create_context(
+        store, tiny_model(), login_required=False, evaluation=Evaluation(SYSTEM_A, SYSTEM_B)
+    )
+    with serve(ctx) as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(TIMEOUT)
+        page.goto(url)
+        page.get_by_text("Local single-user mode").wait_for()
+
+        # A missing score: a toast; the pair stays, with no "Error" badge over it.
+        page.get_by_role("tab", name="Human evaluation").click()
+        page.locator("#rate-start").click()
+        page.locator("#rate-instruction").get_by_text("turn item").wait_for()
+        page.locator("#rate-left-image img").wait_for()
+        page.locator("#rate-submit").click()
+        page.get_by_text("Give a score for the left image").wait_for()
+        assert page.locator("#rate-left-image img").count() == 1
+        assert page.locator("#rate-right-image img").count() == 1
+        for box in ("#rate-left-image", "#rate-right-image", "#rate-instruction"):
+            assert page.evaluate(SHOWN_ERROR_BADGES, box) == 0, box
+        assert "turn item" in page.locator("#rate-instruction").inner_text()
+
+        # Review: I set following to 2; meanwhile bob saves his own values.
+        page.get_by_role("tab", name="Review").click()
+        page.locator("#review-load").click()
+        header = page.locator("#review-header")
+        header.get_by_text("doubt").wait_for()
+        tid = header.locator("code").first.inner_text()
+        header.click()
+        page.keyboard.press("2")
+        version = store.get_label(tid).version
+        store.release_lock(tid, "local", force=True)  # as if my lock had expired
+        store.update_label(tid, {"following": 1, "preserving": 1, "quality": 1}, user="bob",
+                           expected_version=version, note="bob's values")  # fmt: skip
+        page.keyboard.press("Enter")
+        header.get_by_text("Not saved").wait_for()
+        conflict = page.locator("#review-conflict-table")
+        conflict.get_by_text(f"Theirs: version {version + 1}, bob").wait_for()
+        assert page.locator("#review-score-following input[type=number]").input_value() == "2"
+        page.locator("#review-apply-mine").click()
+        header.get_by_text("Saved your values over theirs").wait_for()
+        label = store.get_label(tid)
+        assert label.rewards.following.score == 2.0 and label.version == version + 2
+        assert [h["user"] for h in store.history(tid)][-2:] == ["bob", "local"]
+
+        # Undo with the key: bob's values come back and the item is open again.
+        header.click()
+        page.keyboard.press("u")
+        header.get_by_text("Undid your last decision").wait_for()
+        assert tid in header.inner_text()
+        assert store.get_label(tid).rewards.following.score == 1.0
         page.close()

@@ -93,6 +93,9 @@ class ExportedLabel:
     updated_at: str
 
 
+UNDO_NOTE = "undo of version "  # the history note of an undo, followed by the undone version
+
+
 def _record(row: dict[str, Any]) -> LabelRecord:
     return LabelRecord(
         triplet_id=row["triplet_id"],
@@ -313,6 +316,95 @@ class LabelsMixin(AnnotationsMixin):
             self._history(
                 db, triplet_id, expected_version + 1, user, at, action, before, after, note,
                 seconds,
+            )  # fmt: skip
+            return _record(fetch_one(db, "SELECT * FROM labels WHERE triplet_id = ?", [triplet_id]))
+
+    # -- a reviewer's own decisions: the recent ones, and undo ------------------------------
+    def recent_decisions(self, user: str, limit: int = 20) -> list[dict[str, Any]]:
+        """``user``'s latest label changes, newest first, leaving out undos and the changes
+        they undid: ``triplet_id``, ``version`` (the one the change made), ``at``,
+        ``status`` (the decision), ``rewards`` (a dict), ``current`` (True while the label
+        is still at that version, so the change can be undone)."""
+        require_text(user, "user")
+        with self.db() as db:
+            rows = list(db.query(
+                "SELECT h.triplet_id, h.version, h.at, h.after, h.note, l.version AS now "
+                "FROM label_history h JOIN labels l ON l.triplet_id = h.triplet_id "
+                "WHERE h.user = ? AND h.action IN ('create', 'edit', 'review') "
+                "ORDER BY h.id DESC LIMIT ?", [user, 4 * limit + 20],
+            ))  # fmt: skip
+        undone, out = set(), []
+        for r in rows:
+            if r["note"] and r["note"].startswith(UNDO_NOTE):
+                undone.add((r["triplet_id"], int(r["note"][len(UNDO_NOTE) :])))
+                continue
+            if (r["triplet_id"], r["version"]) in undone:
+                continue
+            after = json.loads(r["after"])
+            out.append({
+                "triplet_id": r["triplet_id"], "version": r["version"], "at": r["at"],
+                "status": after["status"], "rewards": after["rewards"],
+                "current": r["now"] == r["version"],
+            })  # fmt: skip
+            if len(out) == limit:
+                break
+        return out
+
+    def undo_label(self, triplet_id: str, *, user: str, version: int) -> LabelRecord:
+        """Undo ``user``'s change that made ``version`` of the label, which must still be the
+        current version: the label gets back the values, status, origin and note it had
+        before, as a new version; the history keeps both, the new row noted ``undo of
+        version N``. Raises ConflictError when the label moved on or the change was
+        someone else's, LockedError when another user holds the label, StoreInputError when
+        the change created the label (there is nothing before it to go back to)."""
+        require_text(user, "user")
+        at = now()
+        with self.transaction() as db:
+            row = fetch_one(db, "SELECT * FROM labels WHERE triplet_id = ?", [triplet_id])
+            if row is None:
+                raise NotFoundError(f"triplet {triplet_id!r} has no label to undo.")
+            if row["version"] != version:
+                raise _conflict(triplet_id, row, version)
+            change = fetch_one(
+                db, "SELECT user, before FROM label_history WHERE triplet_id = ? AND version = ?",
+                [triplet_id, version],
+            )  # fmt: skip
+            if change is None or change["user"] != user:
+                who = change["user"] if change else "nobody"
+                raise ConflictError(
+                    f"Version {version} of the label of triplet {triplet_id} was made by {who}, "
+                    f"not {user}; you can only undo your own decisions."
+                )
+            if change["before"] is None:
+                raise StoreInputError(
+                    f"Your decision created the label of triplet {triplet_id}; there is no "
+                    "earlier label to go back to. Open it and correct it instead."
+                )
+            before = json.loads(change["before"])
+            old = _record(row)
+            values = as_rewards(before["rewards"])
+            cols = {
+                "status": before["status"],
+                "origin": before["origin"],
+                "annotation_id": before["annotation_id"],
+                **rewards_columns(values),
+                "note": before["note"],
+            }
+            cur = db.conn.execute(
+                f"UPDATE labels SET {', '.join(f'{c} = ?' for c in cols)}, version = version + 1, "
+                "updated_by = ?, updated_at = ?, locked_by = NULL, locked_until = NULL "
+                "WHERE triplet_id = ? AND version = ? "
+                "AND (locked_by IS NULL OR locked_by = ? OR locked_until <= ?)",
+                [*cols.values(), user, at, triplet_id, version, user, at],
+            )
+            if cur.rowcount != 1:
+                raise _locked(triplet_id, row)
+            now_snapshot = _snapshot(old.status, old.origin, old.rewards, old.annotation_id,
+                                     old.note)  # fmt: skip
+            action = "edit" if values != old.rewards else "review"
+            self._history(
+                db, triplet_id, version + 1, user, at, action, now_snapshot,
+                json.dumps(before, sort_keys=True), f"{UNDO_NOTE}{version}",
             )  # fmt: skip
             return _record(fetch_one(db, "SELECT * FROM labels WHERE triplet_id = ?", [triplet_id]))
 
