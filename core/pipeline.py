@@ -43,6 +43,7 @@ from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from core.instructions import warn_truncated
 from core.mrc import (
     MultiRewardCondition,
     RewardCondition,
@@ -247,6 +248,7 @@ class MRCInstructPix2PixPipeline(DiffusionPipeline, StableDiffusionMixin):
     ) -> tuple[list[str], list[str], list[Any], list[RewardRequest]]:
         """Validate everything before any model runs; returns the normalised inputs."""
         prompts, negatives = normalize_prompts(prompt, negative_prompt)
+        warn_truncated(self.tokenizer, prompts)
         requests = normalize_rewards(rewards, reward_text, len(prompts))
         images, (height, width) = normalize_images(image, len(prompts), self.vae_scale_factor)
         check_positive_int(num_inference_steps, "num_inference_steps")

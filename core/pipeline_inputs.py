@@ -16,6 +16,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from core.instructions import check_instruction
 from core.rewards import PERSPECTIVES, Rewards, RewardValidationError, validate_score
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -245,9 +246,9 @@ def normalize_images(image: Any, batch_size: int, factor: int) -> tuple[list[Any
 
 def normalize_prompts(prompt: Any, negative_prompt: Any) -> tuple[list[str], list[str]]:
     if isinstance(prompt, str):
-        prompts = [prompt]
+        prompts = [check_instruction(prompt, "the prompt")]
     elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
-        prompts = list(prompt)
+        prompts = [check_instruction(p, f"prompt[{i}]") for i, p in enumerate(prompt)]
     else:
         raise ValueError(
             f"prompt must be an instruction string or a non-empty list of strings, got {prompt!r}."

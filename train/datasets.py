@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 
 from core.images import ImageError, load_image
+from core.instructions import InstructionError, check_instruction
 from core.rewards import Rewards
 
 BAD_KINDS = {
@@ -228,8 +229,10 @@ def scan(
     from tqdm.auto import tqdm
 
     for ex in tqdm(examples, desc="checking images", disable=not progress, leave=False):
-        if not isinstance(ex.instruction, str) or not ex.instruction.strip():
-            log.report(BadItem(ex.id, "bad_instruction", "the instruction is empty"))
+        try:
+            check_instruction(ex.instruction)
+        except InstructionError as e:
+            log.report(BadItem(ex.id, "bad_instruction", str(e)))
             continue
         try:
             original, edited = load_pair(ex, resolution)

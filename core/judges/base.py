@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from core.instructions import check_instruction
 from core.rewards import PERSPECTIVES, Rewards, RewardValidationError, validate_score
 
 Task = Literal["annotate", "evaluate"]
@@ -67,8 +68,7 @@ class JudgeInput:
     context: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.instruction, str) or not self.instruction.strip():
-            raise ValueError(f"triplet {self.triplet_id or '?'}: the instruction is empty")
+        check_instruction(self.instruction, f"triplet {self.triplet_id or '?'}: the instruction")
         for name in ("original", "edited"):
             value = getattr(self, name)
             if not isinstance(value, (bytes, bytearray)) or len(value) == 0:

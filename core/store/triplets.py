@@ -17,6 +17,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from core.instructions import InstructionError, check_instruction
+
 from .base import (
     StoreBase,
     dumps,
@@ -136,7 +138,10 @@ class TripletsMixin(StoreBase):
             )
         if item.get("original") is None:
             raise StoreInputError(f"{where}the original image is missing.")
-        instruction = require_text(item.get("instruction"), f"{where}the instruction")
+        try:
+            instruction = check_instruction(item.get("instruction"), f"{where}the instruction")
+        except InstructionError as e:
+            raise StoreInputError(str(e)) from None
         for field in ("category", "external_id"):
             if item.get(field) is not None and not isinstance(item[field], str):
                 raise StoreInputError(
