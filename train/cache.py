@@ -14,6 +14,8 @@ two VAE encodes and one or two text encodes per example per step. Here it is com
                       reward_text.npy       (V, D) or (V, L, D)   distinct joined failure texts
                       reward_text_index.npy (N,)
                       scores.npy            (N, 3)        reward scores (following, preserving, quality)
+                      *_hflip.npy           (N, C, h, w)  random_flip: the three latent arrays of
+                                                          the horizontally flipped images
 
 Nothing is approximated: the edited latent stays a *sample* of the VAE posterior, drawn from the
 same seeded generator as the uncached path, so cached and uncached runs follow the same loss
@@ -24,6 +26,10 @@ built. A cache is written under a temporary name and renamed when complete, so a
 build is never mistaken for a finished one. Arrays are memory-mapped, so a cache larger than RAM
 works. Distinct instructions are embedded once (Shapes has a few hundred phrasings for 60 k
 triplets), which is where most of the text-encoder time goes.
+
+Augmentation keeps the cache exact: with ``random_flip`` the flipped view of each example is
+encoded too (a VAE is not flip-equivariant in general, so flipping latents would be an
+approximation), and ``gather`` reads each example's row from the view the sampler chose.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from train.datasets import BadDataLog, BadItem, EditExample, scan
 
 CACHE_VERSION = 1
 ENCODE_BATCH = 32  # examples per VAE / text-encoder call while building
+LATENT_ARRAYS = ("original", "edited_mean", "edited_std")
 
 
 class FrozenEncoders:
@@ -104,9 +111,12 @@ def cache_key(
     with_rewards: bool,
     reward_text_mode: str,
     encoder_dtype: str,
+    flip: bool = False,
 ) -> str:
     h = hashlib.sha256(f"mrc-train-cache-v{CACHE_VERSION}".encode())
     settings = [encoder_hash, resolution, dtype, with_rewards, reward_text_mode, encoder_dtype]
+    if flip:  # appended only when on, so the keys of existing caches are unchanged
+        settings.append("hflip")
     h.update(json.dumps(settings).encode())
     for ex in examples:
         h.update(ex.fingerprint().encode())
@@ -125,6 +135,9 @@ class TrainCache:
         self.original = load("original")
         self.edited_mean = load("edited_mean")
         self.edited_std = load("edited_std")
+        self.flipped = None
+        if "hflip" in self.meta.get("views", ()):
+            self.flipped = {n: load(f"{n}_hflip") for n in LATENT_ARRAYS}
         # Distinct embeddings are few: keep them in memory as tensors.
         self.text = torch.from_numpy(np.array(load("text"), dtype=np.float32))
         self.text_index = np.array(load("text_index"))
@@ -145,13 +158,27 @@ class TrainCache:
     def null_text(self) -> torch.Tensor:
         return self.text[0]  # (L, D): the empty prompt
 
-    def gather(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+    def gather(
+        self, indices: Sequence[int], flips: Sequence[bool] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """One batch; ``flips[j]`` reads example ``indices[j]`` from the flipped view."""
         idx = np.asarray(indices, dtype=np.int64)
-        t = lambda a: torch.from_numpy(np.asarray(a[idx], dtype=np.float32))  # noqa: E731
+        if flips is not None and any(flips) and self.flipped is None:
+            raise ValueError(
+                f"The cache {self.path} holds no flipped views; it was built without random_flip."
+            )
+        f = np.asarray(flips, dtype=bool) if flips is not None else np.zeros(len(idx), bool)
+
+        def t(name: str) -> torch.Tensor:
+            rows = np.asarray(getattr(self, name)[idx], dtype=np.float32)  # (B, C, h, w)
+            if f.any():
+                rows[f] = self.flipped[name][idx[f]]
+            return torch.from_numpy(rows)
+
         batch = {
-            "original_latents": t(self.original),  # (B, C, h, w)
-            "edited_mean": t(self.edited_mean),
-            "edited_std": t(self.edited_std),
+            "original_latents": t("original"),  # (B, C, h, w)
+            "edited_mean": t("edited_mean"),
+            "edited_std": t("edited_std"),
             "text_embeds": self.text[torch.from_numpy(self.text_index[idx].astype(np.int64))],
         }
         if self.with_rewards:
@@ -171,6 +198,7 @@ def build_or_load(
     with_rewards: bool,
     log: BadDataLog,
     progress: bool = True,
+    flip: bool = False,
 ) -> TrainCache:
     """The cache for ``key``: loaded when complete on disk, else built (bad examples go to
     ``log``, whose policy may stop the build). A cache hit re-reports the bad examples found
@@ -186,7 +214,7 @@ def build_or_load(
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        _build(tmp, key, examples, encoders, resolution, dtype, with_rewards, log, progress)
+        _build(tmp, key, examples, encoders, resolution, dtype, with_rewards, log, progress, flip)
         if (final / "meta.json").exists():  # another process finished first: keep theirs
             shutil.rmtree(tmp)
         else:
@@ -209,6 +237,7 @@ def _build(
     with_rewards: bool,
     log: BadDataLog,
     progress: bool,
+    flip: bool = False,
 ) -> None:
     from tqdm.auto import tqdm
 
@@ -220,6 +249,7 @@ def _build(
     ids: list[str] = []
     kept: list[EditExample] = []
     pending: list[tuple[EditExample, torch.Tensor, torch.Tensor]] = []
+    views = ("", "_hflip") if flip else ("",)
     bar = tqdm(total=n_max, desc="caching latents", disable=not progress, unit="ex")
 
     def flush() -> None:
@@ -227,18 +257,21 @@ def _build(
             return
         pix_o = torch.stack([p[1] for p in pending])  # (b, 3, H, W)
         pix_e = torch.stack([p[2] for p in pending])
-        mean_o, _ = enc.images(pix_o)
-        mean_e, std_e = enc.images(pix_e)
-        if not arrays:  # shapes are known after the first batch
-            shape = (n_max, *mean_o.shape[1:])
-            for name in ("original", "edited_mean", "edited_std"):
-                arrays[name] = np.lib.format.open_memmap(
-                    out / f"{name}.npy", mode="w+", dtype=np_dtype, shape=shape
-                )
         s, e = len(ids), len(ids) + len(pending)
-        arrays["original"][s:e] = mean_o.cpu().numpy()
-        arrays["edited_mean"][s:e] = mean_e.cpu().numpy()
-        arrays["edited_std"][s:e] = std_e.cpu().numpy()
+        for suffix in views:
+            if suffix:  # the flipped view: flip the pixels, encode them (exact)
+                pix_o, pix_e = pix_o.flip(-1), pix_e.flip(-1)
+            mean_o, _ = enc.images(pix_o)
+            mean_e, std_e = enc.images(pix_e)
+            if f"original{suffix}" not in arrays:  # shapes are known after the first batch
+                shape = (n_max, *mean_o.shape[1:])
+                for name in LATENT_ARRAYS:
+                    arrays[name + suffix] = np.lib.format.open_memmap(
+                        out / f"{name}{suffix}.npy", mode="w+", dtype=np_dtype, shape=shape
+                    )
+            arrays[f"original{suffix}"][s:e] = mean_o.cpu().numpy()
+            arrays[f"edited_mean{suffix}"][s:e] = mean_e.cpu().numpy()
+            arrays[f"edited_std{suffix}"][s:e] = std_e.cpu().numpy()
         for ex, _, _ in pending:
             ids.append(ex.id)
             kept.append(ex)
@@ -287,6 +320,7 @@ def _build(
         "resolution": resolution,
         "dtype": dtype,
         "with_rewards": with_rewards,
+        **({"views": ["identity", "hflip"]} if flip else {}),
         "distinct_instructions": len(texts) - 1,
         "build_seconds": round(time.perf_counter() - t0, 2),
     }

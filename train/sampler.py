@@ -8,6 +8,11 @@ than pickling iterator and generator states, everything random is *derived*:
   takes slice ``k * P + r`` of the global order). :class:`EpochBatchSampler` starts at any ``k``,
   so resuming at optimizer step ``s`` simply starts at ``k = s * grad_accum``: no batches are
   replayed or skipped and no state is stored. Each epoch drops its last incomplete global batch.
+* **augmentation** -- with ``random_flip``, example ``i`` is flipped in epoch ``e`` when the
+  ``i``-th draw of a generator seeded by ``(seed, "flip", e)`` is below 0.5: a fresh coin per
+  example and epoch, independent of the process count, and known before the batch is read (the
+  cache serves the flipped view; the uncached path flips the pixels before encoding them). The
+  sampler then yields ``(index, flipped)`` pairs instead of indices.
 * **per-step draws** (timesteps, noise, the VAE posterior sample, dropout masks) come from a
   fresh ``torch.Generator`` seeded by :func:`stream_seed` ``(seed, process, k)``. They are drawn
   on the CPU, so a run is reproducible across devices too.
@@ -50,6 +55,7 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         process_index: int = 0,
         seed: int = 0,
         start: int = 0,
+        flip: bool = False,
     ):
         if n < batch_size * num_processes:
             raise ValueError(
@@ -58,9 +64,10 @@ class EpochBatchSampler(torch.utils.data.Sampler):
             )
         self.n, self.batch_size = n, batch_size
         self.num_processes, self.process_index = num_processes, process_index
-        self.seed, self.start = seed, start
+        self.seed, self.start, self.flip = seed, start, flip
         self.batches_per_epoch = n // (batch_size * num_processes)
         self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+        self._flips = torch.empty(0, dtype=torch.bool)
 
     def epoch_of(self, k: int) -> int:
         return k // self.batches_per_epoch
@@ -69,12 +76,18 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(stream_seed(self.seed, "data", epoch))
             self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+            if self.flip:
+                g = torch.Generator().manual_seed(stream_seed(self.seed, "flip", epoch))
+                self._flips = torch.rand(self.n, generator=g) < 0.5  # (N,) per example
         return self._perm
 
-    def batch(self, k: int) -> list[int]:
+    def batch(self, k: int) -> list[int] | list[tuple[int, bool]]:
         epoch, b = divmod(k, self.batches_per_epoch)
         s = (b * self.num_processes + self.process_index) * self.batch_size
-        return self.permutation(epoch)[s : s + self.batch_size].tolist()
+        indices = self.permutation(epoch)[s : s + self.batch_size]
+        if self.flip:
+            return list(zip(indices.tolist(), self._flips[indices].tolist()))
+        return indices.tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
         k = self.start
@@ -85,6 +98,13 @@ class EpochBatchSampler(torch.utils.data.Sampler):
 
 def identity_collate(batch: Any) -> Any:
     return batch
+
+
+def split_items(items: Sequence[Any]) -> tuple[list[int], list[bool] | None]:
+    """Sampler items -> (indices, flips or None): plain indices, or (index, flipped) pairs."""
+    if items and isinstance(items[0], tuple):
+        return [int(i) for i, _ in items], [bool(f) for _, f in items]
+    return [int(i) for i in items], None
 
 
 class CachedData(torch.utils.data.Dataset):
@@ -99,8 +119,9 @@ class CachedData(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.cache.gather([i]).items()}
 
-    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        return self.cache.gather(indices)
+    def __getitems__(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
+        indices, flips = split_items(items)
+        return self.cache.gather(indices, flips)
 
 
 class PixelData(torch.utils.data.Dataset):
@@ -117,11 +138,17 @@ class PixelData(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.__getitems__([i])
 
-    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
+    def __getitems__(self, items: Sequence[Any]) -> dict[str, Any]:
+        indices, flips = split_items(items)
         pairs = [load_pair(self.examples[i], self.resolution) for i in indices]
+        original = torch.stack([p[0] for p in pairs])  # (B, 3, H, W)
+        edited = torch.stack([p[1] for p in pairs])
+        if flips is not None and any(flips):
+            f = torch.tensor(flips)
+            original[f], edited[f] = original[f].flip(-1), edited[f].flip(-1)
         batch: dict[str, Any] = {
-            "original_pixels": torch.stack([p[0] for p in pairs]),  # (B, 3, H, W)
-            "edited_pixels": torch.stack([p[1] for p in pairs]),
+            "original_pixels": original,
+            "edited_pixels": edited,
             "prompts": [self.examples[i].instruction for i in indices],
         }
         if self.reward_texts is not None:
