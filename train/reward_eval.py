@@ -16,6 +16,7 @@ oracle. :func:`reward_metrics` compares predictions with the labels, per perspec
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -104,3 +105,62 @@ def evaluate_model(model: EditRewardModel, data: RewardData) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "perspectives": reward_metrics(pred, data),
     }
+
+
+# -- on a benchmark run's model outputs -------------------------------------------------------
+
+
+def store_outputs(store_path: str, truth_judge: str, systems: list[str] | None = None,
+                  size: int = 32) -> RewardData:  # fmt: skip
+    """Every output of a ``python -m train.evaluate`` store (optionally only ``systems``) with
+    the verdict scores of ``truth_judge`` (e.g. the Shapes oracle's model name) as labels. The
+    outputs of different systems for the same item are edits of one input, so they form pairs."""
+    from core.store import Store
+
+    store = Store(store_path)
+    b = DataBuilder(size, tie_threshold=0.0)
+    for run in store.list_runs():
+        system = (run.get("settings") or {}).get("system")
+        if systems is not None and system not in systems:
+            continue
+        by_output = {
+            v["output_id"]: v
+            for v in store.verdicts(run_id=run["id"], judge_model=truth_judge, status="ok")
+        }
+        for o in store.outputs(run["id"]):
+            v = by_output.get(o["id"])
+            if v is None:
+                continue
+            t = store.get_triplet(o["item_id"])
+            scores = [v["verdict"][p]["score"] for p in PERSPECTIVES]
+            b.triplet(f"{system}/{t['external_id']}", store.image(t["original"]),
+                      store.image(o["image"]), t["instruction"], scores)  # fmt: skip
+    b.pairs_from_scores()
+    return b.build({"source": "store-outputs", "store": store_path, "judge": truth_judge})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m train.reward_eval``: a reward model against exact labels of model outputs."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m train.reward_eval", description=main.__doc__)
+    ap.add_argument("--model", required=True, help="a reward model folder")
+    ap.add_argument("--store", required=True, help="a python -m train.evaluate store (store.db)")
+    ap.add_argument("--truth", default="shapes-oracle-v1", help="the judge model of the labels")
+    ap.add_argument("--systems", default="", help="comma-separated systems (default: all)")
+    ap.add_argument("--out", default="", help="write the figures as JSON here")
+    args = ap.parse_args(argv)
+    model = EditRewardModel.from_pretrained(args.model).eval()
+    systems = [s for s in args.systems.split(",") if s] or None
+    data = store_outputs(args.store, args.truth, systems, model.config.image_size)
+    result = {"outputs": len(data), "pairs": len(data.pairs), **evaluate_model(model, data)}
+    text = json.dumps(result, indent=1)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
