@@ -33,7 +33,7 @@ PREDICTION_TYPES = ("", "epsilon", "v_prediction")
 TRAINABLE = ("all", "reward")
 BAD_DATA_POLICIES = ("skip", "stop")
 MIXED_PRECISION = ("no", "fp16", "bf16")
-REPORT_TO = ("tensorboard", "none")
+REPORT_TO = ("tensorboard", "wandb", "all", "none")
 CACHE_DTYPES = ("float32", "float16")
 REWARD_TEXT_MODES = ("pooled", "sequence")
 LR_SCHEDULERS = (
@@ -150,6 +150,12 @@ class TrainConfig:
         "(following, preserving, quality).",
     )
     resolution: int = _f(0, "Training image size in pixels (0: the model's native size).")
+    random_flip: bool = _f(
+        False,
+        "Flip both images of an example horizontally with probability 0.5, drawn per (seed, "
+        "epoch, example). Cached runs cache both views (twice the build time and latent storage, "
+        "the same step speed). Instructions are not changed: avoid it when they say left/right.",
+    )
     on_bad_data: str = _f(
         "stop",
         "A missing image, corrupt file or out-of-range label: 'stop' the run with its id and "
@@ -161,6 +167,11 @@ class TrainConfig:
     train_batch_size: int = _f(16, "Examples per device per micro-step.")
     gradient_accumulation_steps: int = _f(1, "Micro-steps accumulated per optimizer step.")
     max_train_steps: int = _f(1000, "Optimizer steps to train for (total, across resumes).")
+    num_train_epochs: int = _f(
+        0,
+        "Train for this many passes over the data instead (> 0 replaces max_train_steps by "
+        "ceil(epochs x batches per epoch / gradient_accumulation_steps)).",
+    )
     learning_rate: float = _f(1e-4, "Peak learning rate (the paper used 5e-5 on SD 1.5).")
     scale_lr: bool = _f(False, "Multiply the learning rate by the total batch size.")
     lr_scheduler: str = _f("constant", f"Learning-rate schedule: {', '.join(LR_SCHEDULERS)}.")
@@ -169,6 +180,9 @@ class TrainConfig:
     adam_beta2: float = _f(0.999, "AdamW beta2.")
     adam_weight_decay: float = _f(1e-2, "AdamW weight decay (the paper: 1e-2).")
     adam_epsilon: float = _f(1e-8, "AdamW epsilon.")
+    use_8bit_adam: bool = _f(
+        False, "bitsandbytes' 8-bit AdamW (optimizer state in 8 bits; needs bitsandbytes)."
+    )
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0: no clipping).")
     conditioning_dropout_prob: float = _f(
         0.05,
@@ -201,6 +215,15 @@ class TrainConfig:
     cache_dir: str = _f("", "Where caches live, keyed by model + data hash ('': output_dir/cache).")
     cache_dtype: str = _f("float32", "Storage type of cached tensors: float32 | float16.")
     dataloader_num_workers: int = _f(0, "Worker processes loading images (uncached runs).")
+    allow_tf32: bool = _f(
+        False, "Ampere+ GPUs: TF32 matrix multiplies and convolutions (faster, ~1e-3 precision)."
+    )
+    enable_xformers_memory_efficient_attention: bool = _f(
+        False,
+        "Use xformers' attention kernels (needs xformers and a CUDA GPU). Without it the UNet "
+        "uses PyTorch's scaled_dot_product_attention, which already picks flash / "
+        "memory-efficient kernels on a GPU.",
+    )
 
     # -- outputs --------------------------------------------------------------------------------
     output_dir: str = _f("runs/train", "Run folder: checkpoints, logs, validation, pipeline/.")
@@ -209,12 +232,28 @@ class TrainConfig:
     resume_from_checkpoint: str = _f(
         "", "'latest' or a checkpoint folder to continue from exactly; '' starts fresh."
     )
-    report_to: str = _f("tensorboard", "Tracker: tensorboard | none.")
+    report_to: str = _f(
+        "tensorboard", "Tracker: tensorboard | wandb (needs wandb) | all (every installed) | none."
+    )
+    tracker_project_name: str = _f("train", "Project name given to the trackers (wandb project).")
     validation_steps: int = _f(0, "Render validation edits every N steps (0: never).")
     num_validation_images: int = _f(4, "Training examples edited in each validation grid.")
     validation_inference_steps: int = _f(20, "Sampling steps of validation edits.")
     validation_guidance_scale: float = _f(7.5, "Text guidance scale of validation edits.")
     validation_image_guidance_scale: float = _f(1.5, "Image guidance scale of validation edits.")
+    validation_prompt: str = _f(
+        "",
+        "Your own validation example: an instruction, edited on validation_image as an extra row.",
+    )
+    validation_image: str = _f(
+        "", "Your own validation example: an image file (with validation_prompt)."
+    )
+    push_to_hub: bool = _f(
+        False,
+        "Upload the exported pipeline with a model card (data, rewards, config, results) to the "
+        "Hugging Face Hub at the end (needs a token: 'hf auth login' or HF_TOKEN).",
+    )
+    hub_model_id: str = _f("", "push_to_hub: the repository, 'user/name' ('': output_dir's name).")
 
     # -- validation -----------------------------------------------------------------------------
     def validate(self) -> TrainConfig:
@@ -263,6 +302,7 @@ class TrainConfig:
             "beta_end",
             "max_grad_norm",
             "adam_weight_decay",
+            "num_train_epochs",
         )
         for name in non_negative:
             if getattr(self, name) < 0:
@@ -297,6 +337,19 @@ class TrainConfig:
             raise ValueError(
                 f"relabel_with must be a reward model folder; {self.relabel_with!r} is not one."
             )
+        if bool(self.validation_prompt) != bool(self.validation_image):
+            raise ValueError(
+                "validation_prompt and validation_image go together (an instruction and the image "
+                f"it edits); got prompt {self.validation_prompt!r}, image {self.validation_image!r}."
+            )
+        if self.validation_prompt and not self.validation_steps:
+            raise ValueError(
+                "validation_prompt is edited at every validation: set validation_steps too."
+            )
+        if self.validation_prompt and self.stage == 0:
+            raise ValueError("validation_prompt needs an editing model: stage 0 trains the VAE.")
+        if self.hub_model_id and not self.push_to_hub:
+            raise ValueError("hub_model_id is only used with push_to_hub; pass --push_to_hub too.")
         if not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1); got {self.ema_decay}.")
         if self.data != "shapes" and not self.data_dir:
@@ -366,10 +419,16 @@ class TrainConfig:
 RESUMABLE_CHANGES = frozenset(
     {
         "max_train_steps",
+        "num_train_epochs",
         "checkpointing_steps",
         "checkpoints_total_limit",
         "resume_from_checkpoint",
         "report_to",
+        "tracker_project_name",
+        "push_to_hub",
+        "hub_model_id",
+        "validation_prompt",
+        "validation_image",
         "validation_steps",
         "num_validation_images",
         "validation_inference_steps",

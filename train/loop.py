@@ -21,7 +21,9 @@ restores the whole state. Per optimizer step (with ``A`` = gradient accumulation
 Outputs in ``output_dir``: ``checkpoint-<step>/`` (resumable, with config.yaml),
 ``logs/metrics.jsonl`` and TensorBoard events, ``validation/step-*.png``, ``bad_data.jsonl``,
 ``data_report.json``, and at the end ``pipeline/``: a folder that
-``MRCInstructPix2PixPipeline.from_pretrained`` (and the studio) load directly.
+``MRCInstructPix2PixPipeline.from_pretrained`` (and the studio) load directly; with
+``push_to_hub`` it gets a model card and is uploaded (:mod:`train.hub`). Optional packages and
+GPU settings (trackers, 8-bit Adam, xformers, TF32) live in :mod:`train.integrations`.
 """
 
 from __future__ import annotations
@@ -49,15 +51,26 @@ from train.checkpoints import (
     Progress,
     list_checkpoints,
     prune_checkpoints,
+    read_metrics,
     resolve_resume,
     save_checkpoint,
 )
 from train.config import TrainConfig, resume_mismatches
 from train.datasets import BadDataLog, scan
+from train.hub import push_to_hub, results_summary, write_model_card
+from train.integrations import (
+    apply_speed_settings,
+    check_integrations,
+    load_validation_example,
+    log_validation_grid,
+    make_optimizer,
+    tracker,
+)
 from train.models import (
     Models,
     build_models,
     calibrate_scaling_factor,
+    check_model_for_stage,
     export_pipeline,
     set_trainable,
 )
@@ -72,9 +85,12 @@ WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloa
 def train(cfg: TrainConfig) -> Path:
     """Run (or continue) the training described by ``cfg``; returns the pipeline folder."""
     out = cfg.run_dir
+    # Refuse what cannot work before any work: missing optional packages, unusable checkpoints.
+    check_integrations(cfg)
+    check_model_for_stage(cfg.model, cfg.stage)
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
-        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        log_with=tracker(cfg),
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
     main = accelerator.is_main_process
@@ -100,6 +116,9 @@ def train(cfg: TrainConfig) -> Path:
 
     # -- models ---------------------------------------------------------------------------------
     models = build_models(cfg)
+    if main:
+        for change in models.changes:
+            print(f"Model: {change}.")
     device = accelerator.device
     weight_dtype = WEIGHT_DTYPES[cfg.mixed_precision]
     frozen = [models.text_encoder] + ([models.vae] if cfg.stage != 0 else [])
@@ -133,12 +152,12 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.cache and cfg.stage != 0:  # stage 0 trains the VAE: its outputs change every step
         key = cache_key(
             models.encoder_hash(), examples, resolution, cfg.cache_dtype, with_rewards, text_mode,
-            str(weight_dtype),
+            str(weight_dtype), flip=cfg.random_flip,
         )  # fmt: skip
         with accelerator.main_process_first():
             cache = build_or_load(
                 cfg.resolved_cache_dir, key, examples, encoders, resolution, cfg.cache_dtype,
-                with_rewards, log, progress=main,
+                with_rewards, log, progress=main, flip=cfg.random_flip,
             )  # fmt: skip
         by_id = {ex.id: ex for ex in examples}
         kept = [by_id[i] for i in cache.ids]
@@ -181,23 +200,20 @@ def train(cfg: TrainConfig) -> Path:
     module = models.trained_module(cfg.stage)
     if cfg.gradient_checkpointing:
         module.enable_gradient_checkpointing()
+    for setting in apply_speed_settings(cfg, models.vae if cfg.stage == 0 else models.unet):
+        if main:
+            print(f"Speed: {setting}.")
     global_batch = (
         cfg.train_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
     )
     lr = cfg.learning_rate * (global_batch if cfg.scale_lr else 1)
-    optimizer = torch.optim.AdamW(
-        params,
-        lr=lr,
-        betas=(cfg.adam_beta1, cfg.adam_beta2),
-        weight_decay=cfg.adam_weight_decay,
-        eps=cfg.adam_epsilon,
-        fused=True,  # one kernel for all tensors: ~3x faster steps than the default on CPU
-    )
+    optimizer = make_optimizer(cfg, params, lr)
+    max_steps = _step_budget(cfg, len(dataset), accelerator.num_processes, main)
     lr_scheduler = get_scheduler(
         cfg.lr_scheduler,
         optimizer,
         num_warmup_steps=cfg.lr_warmup_steps,
-        num_training_steps=cfg.max_train_steps,
+        num_training_steps=max_steps,
     )
     module, optimizer = accelerator.prepare(module, optimizer)
     progress = Progress()
@@ -214,10 +230,10 @@ def train(cfg: TrainConfig) -> Path:
         if main:
             print(f"Resumed from {resume} at step {progress.global_step}.")
     start = progress.global_step
-    if start >= cfg.max_train_steps and main:
-        print(f"At step {start} >= max_train_steps {cfg.max_train_steps}: exporting, no training.")
+    if start >= max_steps and main:
+        print(f"At step {start} >= the step budget {max_steps}: exporting, no training.")
     if main and cfg.report_to != "none":
-        accelerator.init_trackers("train", config=_hparams(cfg))
+        accelerator.init_trackers(cfg.tracker_project_name, config=_hparams(cfg))
     metrics = (
         MetricsLog(out / "logs" / "metrics.jsonl", start if resume is not None else None)
         if main
@@ -227,8 +243,9 @@ def train(cfg: TrainConfig) -> Path:
     accum = cfg.gradient_accumulation_steps
     rank = accelerator.process_index
     sampler = EpochBatchSampler(
-        len(dataset), cfg.train_batch_size, accelerator.num_processes, rank, cfg.seed, start * accum
-    )
+        len(dataset), cfg.train_batch_size, accelerator.num_processes, rank, cfg.seed,
+        start * accum, flip=cfg.random_flip,
+    )  # fmt: skip
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -239,14 +256,15 @@ def train(cfg: TrainConfig) -> Path:
     batches = iter(loader)
     ctx = _StepContext(cfg, models, encoders, null_text, device)
     val_examples = kept[: cfg.num_validation_images]
+    user_example = load_validation_example(cfg, resolution)  # --validation_prompt/_image
     unwrapped = accelerator.unwrap_model(module)
 
     bar = tqdm(
-        total=cfg.max_train_steps, initial=start, desc=f"stage {cfg.stage}", disable=not main,
+        total=max_steps, initial=start, desc=f"stage {cfg.stage}", disable=not main,
         dynamic_ncols=True,
     )  # fmt: skip
     module.train()
-    for step in range(start, cfg.max_train_steps):
+    for step in range(start, max_steps):
         t0 = time.perf_counter()
         losses = []
         for micro in range(accum):
@@ -296,8 +314,9 @@ def train(cfg: TrainConfig) -> Path:
                 prune_checkpoints(out, cfg.checkpoints_total_limit)
         if main and cfg.validation_steps and (step + 1) % cfg.validation_steps == 0:
             _validate(
-                accelerator, models, unwrapped, params, ema, val_examples, resolution, cfg, step + 1
-            )
+                accelerator, models, unwrapped, params, ema, val_examples, user_example,
+                resolution, cfg, step + 1,
+            )  # fmt: skip
     bar.close()
 
     accelerator.wait_for_everyone()
@@ -316,13 +335,19 @@ def train(cfg: TrainConfig) -> Path:
         cfg.save(path / "training_config.yaml")
         (path / "training_data.json").write_text(json.dumps(report, indent=1, default=str))
         print(f"Saved the trained pipeline to {path}.")
+        if cfg.push_to_hub:
+            results = results_summary(read_metrics(out), global_batch, len(kept))
+            write_model_card(cfg, path, report, results)
+            print(f"Uploaded the pipeline and its model card to {push_to_hub(cfg, path)}.")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return path
 
 
-def _validate(accelerator, models, unwrapped, params, ema, examples, resolution, cfg, step) -> None:
-    if not examples:
+def _validate(
+    accelerator, models, unwrapped, params, ema, examples, user_example, resolution, cfg, step
+) -> None:
+    if not examples and user_example is None:
         return
     mrc_unet = unwrapped if models.reward_module is not None else None
     unwrapped.eval()
@@ -334,18 +359,28 @@ def _validate(accelerator, models, unwrapped, params, ema, examples, resolution,
             if cfg.stage == 0:
                 grid, titles = render_reconstructions(models, examples, resolution)
             else:
-                grid, titles = render_validation(models, examples, resolution, cfg, mrc_unet)
+                grid, titles = render_validation(
+                    models, examples, resolution, cfg, mrc_unet, user_example
+                )
     finally:
         if ema is not None:
             ema.restore(params)
         unwrapped.train()
     path = save_grid(grid, cfg.run_dir / "validation", step)
-    if cfg.report_to == "tensorboard":
-        import numpy as np
-
-        writer = accelerator.get_tracker("tensorboard", unwrap=True)
-        writer.add_image(" | ".join(titles), np.asarray(grid), step, dataformats="HWC")
+    log_validation_grid(accelerator, cfg, grid, titles, step)
     print(f"Validation edits at step {step}: {path}")
+
+
+def _step_budget(cfg: TrainConfig, n: int, processes: int, main: bool) -> int:
+    """max_train_steps, or num_train_epochs passes over the n examples in optimizer steps."""
+    if not cfg.num_train_epochs:
+        return cfg.max_train_steps
+    micro_per_epoch = n // (cfg.train_batch_size * processes)  # as EpochBatchSampler
+    per_epoch = math.ceil(micro_per_epoch / cfg.gradient_accumulation_steps)
+    steps = max(1, cfg.num_train_epochs * per_epoch)
+    if main:
+        print(f"num_train_epochs {cfg.num_train_epochs} x {per_epoch} steps = {steps} steps.")
+    return steps
 
 
 def _warn_single_cpu_process(accelerator: Accelerator) -> None:

@@ -56,8 +56,12 @@ def render_validation(
     resolution: int,
     cfg: Any,
     mrc_unet: Any = None,
+    user_example: tuple[torch.Tensor, str] | None = None,
 ) -> tuple[Image.Image, list[str]]:
-    """Edit ``examples``; returns the grid (one row per example) and its column titles."""
+    """Edit ``examples``; returns the grid (one row per example) and its column titles.
+
+    ``user_example`` ((3, R, R) pixels, instruction: ``--validation_prompt`` /
+    ``--validation_image``) is edited in a last row, whose target cell stays blank."""
     from train.datasets import to_pixels
 
     pipe = build_pipeline(models, mrc_unet)
@@ -67,6 +71,10 @@ def render_validation(
     inputs = [_as_image(to_pixels(ex.original.load(), resolution)) for ex in examples]
     targets = [_as_image(to_pixels(ex.edited.load(), resolution)) for ex in examples]
     prompts = [ex.instruction for ex in examples]
+    if user_example is not None:
+        inputs.append(_as_image(user_example[0]))
+        targets.append(Image.new("RGB", (resolution, resolution), "white"))  # no target
+        prompts.append(user_example[1])
     rewards = [(5.0, 5.0, 5.0)]
     titles = ["input", "target", "edit"]
     if models.reward_module is not None:
@@ -85,7 +93,7 @@ def render_validation(
                 generator=torch.Generator().manual_seed(cfg.seed),
             ).images
             columns.append(out)
-    rows = len(examples)
+    rows = len(prompts)
     grid = Image.new("RGB", (size * len(columns), size * rows), "white")
     for c, col in enumerate(columns):
         for r, img in enumerate(col):
