@@ -247,10 +247,11 @@ def test_push_to_hub_uploads_the_pipeline_with_a_model_card(data, tmp_path, monk
 def test_push_to_hub_without_a_token_and_missing_packages_fail_before_any_work(
     data, tmp_path, monkeypatch
 ):
+    import huggingface_hub
+
     import train.integrations as integrations
 
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stored token either
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)  # not logged in
     out = tmp_path / "x"
     with pytest.raises(ValueError, match="push_to_hub needs a Hugging Face token"):
         train(TrainConfig.from_dict(settings(data, out, push_to_hub=True)))
