@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ pytestmark = [
         reason=f"{CHROMIUM} is not installed (apt-get install chromium; .ci/run does this)",
     ),
 ]
+TRIPLET_ID = re.compile(r"^\s*[0-9a-f]{16}\s*$")
 TIMEOUT = 30_000  # ms for any one UI step on a busy 2-core machine
 # Elements inside a component that say "Error" and are not hidden (Gradio's status tracker
 # stays in the page and hides with opacity 0).
@@ -226,4 +228,13 @@ def test_errors_are_toasts_a_conflict_applies_mine_and_undo(browser, tmp_path):
         header.get_by_text("Undid your last decision").wait_for()
         assert tid in header.inner_text()
         assert store.get_label(tid).rewards.following.score == 1.0
+
+        # The queue as a table: selecting a row opens that item.
+        page.get_by_text("All items (select one to open it)").click()
+        page.locator("#review-table-refresh").click()
+        ids = page.locator('#review-table [aria-colindex="1"]').filter(has_text=TRIPLET_ID)
+        ids.first.wait_for()
+        other = next(i.strip() for i in ids.all_inner_texts() if i.strip() != tid)
+        ids.filter(has_text=other).first.click()
+        header.locator("code", has_text=other).wait_for()
         page.close()
