@@ -52,7 +52,7 @@ def test_demo_models_reproduce_the_documented_verdicts(tmp_path):
     out = tmp_path / "eval"
     argv = ["--benchmark", "shapes?size=32", "--per-category", "1",
             "--system", f"baseline={MODELS / 'shapes_baseline'}",
-            "--system", f"mrc={MODELS / 'shapes_mrc'}", "--sweep", "5",
+            "--system", f"mrc={MODELS / 'shapes_mrc'}",
             "--judge", "oracle", "--bootstrap", "200", "--no-progress", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     got = pd.read_csv(out / "report" / "verdicts.csv")
@@ -80,13 +80,14 @@ def artifact_energy(img: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def steering_outputs():
-    """MRC outputs of eight Shapes-Edit items at 5/5/5, 0/5/5 and 5/5/0 (empty failure texts)."""
+    """MRC outputs of four Shapes-Edit items at 5/5/5, 0/5/5 and 5/5/0 (empty failure texts)."""
     from train.benchmarks_sources import load_benchmark
 
     pipe = MRCInstructPix2PixPipeline.from_pretrained(MODELS / "shapes_mrc")
-    items = [it for it in load_benchmark("shapes?size=32").items if it.category != "style"][::97][
-        :4
-    ]
+    # Whole-image edits, which the shipped models carry out (object-level ones they do not yet,
+    # docs/results.md): there the slider's effect is an edit made or not made.
+    bench = load_benchmark("shapes?size=32").items
+    items = [it for c in ("background", "global") for it in bench if it.category == c][::40][:4]
     out = {}
     for rewards in ((5, 5, 5), (0, 5, 5), (5, 5, 0)):
         imgs = []
@@ -110,7 +111,7 @@ def test_following_zero_moves_the_output_towards_the_input(steering_outputs):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known gap (docs/results.md): after 600 stage-2 steps the quality slider does not "
+    reason="known gap (docs/results.md): after 2,400 stage-2 steps the quality slider does not "
     "steer yet; this test starts passing when it does",
 )
 def test_quality_zero_has_more_artifact_energy(steering_outputs):
