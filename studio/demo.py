@@ -238,9 +238,16 @@ def demo_banner(store: Store, model: Any) -> str:
     )
 
 
+# The Edit tab's examples, one per category in this order: whole-image edits first, which the
+# shipped Shapes models carry out (so the first example shows what the reward sliders do), then
+# the object-level ones they do not do yet (docs/results.md, per-category following).
+EXAMPLE_ORDER = ("background", "global", "style", "remove", "local", "add", "texture")
+
+
 def example_inputs(store: Store, limit: int = 8) -> list[tuple[str, str]]:
-    """(input image path, instruction) pairs for the Edit tab: one per category, each from a
-    different scene where possible (benchmark items first, then any triplet)."""
+    """(input image path, instruction) pairs for the Edit tab: one per category (in
+    :data:`EXAMPLE_ORDER`, other categories after), each from a different scene where possible
+    (benchmark items first, then any triplet)."""
     with store.db() as db:
         rows = db.execute(
             "SELECT original, instruction, category FROM triplets "
@@ -249,8 +256,10 @@ def example_inputs(store: Store, limit: int = 8) -> list[tuple[str, str]]:
     by_category: dict[str | None, list[tuple[str, str]]] = {}
     for original, instruction, category in rows:
         by_category.setdefault(category, []).append((original, instruction))
+    rank = {c: i for i, c in enumerate(EXAMPLE_ORDER)}
+    ordered = sorted(by_category.items(), key=lambda kv: rank.get(kv[0], len(rank)))
     picked, used = [], set()
-    for options in by_category.values():
+    for _, options in ordered:
         original, instruction = next((o for o in options if o[0] not in used), options[0])
         used.add(original)
         picked.append((str(store.image_path(original)), instruction))

@@ -80,6 +80,10 @@ def test_banner_and_examples_name_no_system(demo_store):
     assert "shapes_mrc" not in banner and str(demo_store.path.parent) not in banner
     examples = example_inputs(demo_store)
     assert len(examples) == 7 and len({text for _, text in examples}) == 7
+    # Whole-image edits first: the first example is one the shipped models carry out.
+    with demo_store.db() as db:
+        category = dict(db.execute("SELECT instruction, category FROM triplets").fetchall())
+    assert [category[text] for _, text in examples][:2] == ["background", "global"]
 
 
 def test_users_command(tmp_path, monkeypatch, capsys):
