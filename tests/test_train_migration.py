@@ -330,3 +330,49 @@ def test_gpu_knobs_tf32_and_8bit_adam_flag_handling(data, tmp_path, monkeypatch)
     assert made == {"lr": 0.5, "betas": (0.9, 0.999), "weight_decay": 1e-2, "eps": 1e-8}
     plain = integrations.make_optimizer(cfg.replace(use_8bit_adam=False), params, lr=0.5)
     assert type(plain) is torch.optim.AdamW and plain.defaults["fused"]
+
+
+# -- data and model loading flags of the diffusers example ---------------------------------------
+
+
+def test_imagefolder_with_two_image_columns_trains_and_config_names_reach_datasets(tmp_path):
+    """diffusers' --train_data_dir: an imagefolder whose metadata.jsonl names both images
+    (``input_image_file_name``, ``edited_image_file_name``) loads with --data hf."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    rows = []
+    for i in range(4):
+        for kind, v in (("in", 40), ("out", 200)):
+            Image.fromarray(np.full((32, 32, 3), v + i, np.uint8)).save(folder / f"{kind}{i}.png")
+        rows.append({"input_image_file_name": f"in{i}.png", "edited_image_file_name": f"out{i}.png",
+                     "edit_prompt": "make it brighter"})  # fmt: skip
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    cfg = TrainConfig.from_dict(dict(data="hf", data_dir=str(folder), stage=1, train_batch_size=2,
+                                     max_train_steps=1, report_to="none", output_dir=str(out)))  # fmt: skip
+    train(cfg)
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["used"] == 4 and report["source"] == "hf"
+    with pytest.raises(ValueError, match="BuilderConfig 'nope' not found|nope"):
+        train(cfg.replace(dataset_config_name="nope", output_dir=str(tmp_path / "r2")))
+    with pytest.raises(ValueError, match="dataset_config_name applies to data='hf' only"):
+        cfg.replace(data="shapes", dataset_config_name="x")
+
+
+def test_variant_weights_load_with_variant(tmp_path, data):
+    """--variant picks the variant's weight files, as diffusers' from_pretrained(variant=...)."""
+    from core.pipeline import MRCInstructPix2PixPipeline
+    from core.tiny import TinyConfig, build_components
+
+    folder = tmp_path / "fp16"
+    MRCInstructPix2PixPipeline(**build_components(TinyConfig(), seed=0)).save_pretrained(
+        folder, variant="fp16"
+    )
+    assert list((folder / "unet").glob("*.fp16.safetensors"))
+    out = tmp_path / "run"
+    cfg = TrainConfig.from_dict(settings(data, out, stage=1, model=str(folder), variant="fp16",
+                                         max_train_steps=1))  # fmt: skip
+    train(cfg)
+    assert "(variant fp16)" in json.loads((out / "data_report.json").read_text())["model"]
+    with pytest.raises(ValueError, match="not model='tiny'"):
+        cfg.replace(model="tiny")

@@ -83,6 +83,14 @@ class TrainConfig:
         "model='tiny' only: use an AutoencoderKL set to the identity (latents = RGB pixels), "
         "i.e. pixel-space diffusion through the stock pipeline; see docs/training.md.",
     )
+    revision: str = _f(
+        "", "model from the hub: the revision (branch, tag or commit) to load ('' = main)."
+    )
+    variant: str = _f(
+        "",
+        "Load the weight files of this variant, e.g. 'fp16' for diffusion_pytorch_model.fp16."
+        "safetensors ('' = the plain files), as diffusers' from_pretrained(variant=...).",
+    )
     model_seed: int = _f(0, "Seed of freshly built weights (tiny components, a new reward module).")
     trainable: str = _f(
         "all", "Stage 2 only: 'all' trains UNet + reward module; 'reward' trains the reward module."
@@ -110,6 +118,9 @@ class TrainConfig:
         "rewardedit: image folder; store: the studio store's folder.",
     )
     split: str = _f("train", "Split to train on (shapes, hf and store sources).")
+    dataset_config_name: str = _f(
+        "", "hf: the dataset's configuration name, passed to datasets.load_dataset(name=...)."
+    )
     original_image_column: str = _f("input_image", "hf: column holding the original image.")
     edit_prompt_column: str = _f("edit_prompt", "hf: column holding the edit instruction.")
     edited_image_column: str = _f("edited_image", "hf: column holding the edited image.")
@@ -358,6 +369,10 @@ class TrainConfig:
             raise ValueError("data='shapes' needs data_dir: a folder from 'python -m data synth'.")
         if self.data == "rewardedit" and not self.rewards_json:
             raise ValueError("data='rewardedit' needs rewards_json (the RewardEdit-20K labels).")
+        if (self.revision or self.variant) and self.model == "tiny":
+            raise ValueError("revision and variant apply to a loaded model, not model='tiny'.")
+        if self.dataset_config_name and self.data != "hf":
+            raise ValueError("dataset_config_name applies to data='hf' only.")
         if self.pixel_space and self.model != "tiny":
             raise ValueError("pixel_space builds a new identity VAE: it needs model='tiny'.")
         if self.pixel_space and self.stage == 0:

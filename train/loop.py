@@ -87,7 +87,7 @@ def train(cfg: TrainConfig) -> Path:
     out = cfg.run_dir
     # Refuse what cannot work before any work: missing optional packages, unusable checkpoints.
     check_integrations(cfg)
-    check_model_for_stage(cfg.model, cfg.stage)
+    check_model_for_stage(cfg.model, cfg.stage, cfg.revision)
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         log_with=tracker(cfg),

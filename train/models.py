@@ -199,7 +199,7 @@ def _warn_schedule_changes(model: str, loaded: Any, overrides: dict[str, Any]) -
 # -- starting from any SD checkpoint ---------------------------------------------------------------
 
 
-def _component_config(model: str, subfolder: str) -> dict[str, Any] | None:
+def _component_config(model: str, subfolder: str, revision: str = "") -> dict[str, Any] | None:
     """A component's config.json (folder or hub id) without loading weights; None if absent."""
     from diffusers import ConfigMixin
 
@@ -212,12 +212,12 @@ def _component_config(model: str, subfolder: str) -> dict[str, Any] | None:
         config_name = "config.json"
 
     try:
-        return _Any.load_config(model, subfolder=subfolder)
+        return _Any.load_config(model, subfolder=subfolder, revision=revision or None)
     except OSError:
         return None
 
 
-def check_model_for_stage(model: str, stage: int) -> str:
+def check_model_for_stage(model: str, stage: int, revision: str = "") -> str:
     """Read ``model``'s VAE / UNet / text-encoder configs (no weights) and refuse, with the
     reason, a checkpoint that the requested stage cannot train. Returns what will happen to the
     UNet's input: ``"ok"``, or ``"widen"`` for a text-to-image UNet (C input channels) that
@@ -227,7 +227,9 @@ def check_model_for_stage(model: str, stage: int) -> str:
         return "ok"
     if not Path(model).exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
         raise ValueError(f"model {model!r} is neither a pipeline folder nor a hub id.")
-    configs = {sub: _component_config(model, sub) for sub in ("vae", "unet", "text_encoder")}
+    configs = {
+        sub: _component_config(model, sub, revision) for sub in ("vae", "unet", "text_encoder")
+    }
     missing = [sub for sub, c in configs.items() if c is None]
     if missing:
         raise ValueError(
@@ -340,8 +342,9 @@ def build_models(cfg: Any) -> Models:
             f"{dataclasses.asdict(tcfg) | {'words': '...'}}"
         )
     else:
-        plan = check_model_for_stage(cfg.model, cfg.stage)  # before loading any weights
-        pipe = MRCInstructPix2PixPipeline.from_pretrained(cfg.model)
+        plan = check_model_for_stage(cfg.model, cfg.stage, cfg.revision)  # before any weights
+        hub = {k: v for k, v in (("revision", cfg.revision), ("variant", cfg.variant)) if v}
+        pipe = MRCInstructPix2PixPipeline.from_pretrained(cfg.model, **hub)
         if plan == "widen":
             c = pipe.unet.config.in_channels
             widen_conv_in(pipe.unet, 2 * c)
@@ -356,10 +359,13 @@ def build_models(cfg: Any) -> Models:
             unet=pipe.unet,
             scheduler=pipe.scheduler,
         )
-        index = MRCInstructPix2PixPipeline.load_config(cfg.model)  # model_index.json
+        index = MRCInstructPix2PixPipeline.load_config(  # model_index.json
+            cfg.model, **({"revision": cfg.revision} if cfg.revision else {})
+        )
         has_module = (index.get("reward_module") or [None])[0] is not None
         reward_module = pipe.reward_module if has_module else None
-        source = cfg.model + "".join(f"; {c}" for c in changes)
+        source = cfg.model + "".join(f" ({k} {v})" for k, v in hub.items())
+        source += "".join(f"; {c}" for c in changes)
     if cfg.stage == 2 and reward_module is None:
         torch.manual_seed(cfg.model_seed + 3)
         reward_module = MultiRewardCondition.from_unet_config(

@@ -173,7 +173,9 @@ def _open_hf(cfg: Any) -> tuple[Any, str]:
                 )
             ds = ds[cfg.split]
         return ds, str(path)
-    return datasets.load_dataset(cfg.data_dir, split=cfg.split), cfg.data_dir
+    name = {"name": cfg.dataset_config_name} if cfg.dataset_config_name else {}
+    where = cfg.data_dir + (f" ({cfg.dataset_config_name})" if name else "")
+    return datasets.load_dataset(cfg.data_dir, split=cfg.split, **name), where
 
 
 def _rewards_json(cfg: Any) -> tuple[dict[str, Rewards], list[BadItem], dict[str, Any]]:
