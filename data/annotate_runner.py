@@ -15,14 +15,18 @@ written; the content key guarantees that what *was* written is never written twi
 keeps one ok row per key), and the next run judges only the rest.
 
 Accounting: every stored result carries its ``usage`` (calls, tokens, image bytes, retries) in
-``meta``, and the run appends checkpoints to ``<db>_ledger.jsonl`` (one JSON line per flush, at
-most every ``ledger_every`` seconds, plus a final line), so even a killed run's cost is on disk.
+``meta``, and the run appends to ``<db>_ledger.jsonl``: a ``started`` line, synced to disk, before
+each judgement is requested (a call in flight at a ``kill -9`` may have been billed), and the
+results' usage after each batch is stored (``ledger_every`` seconds apart at most; 0 = every
+batch), plus a final line. :func:`read_ledger` totals both, so ``started - results`` counts the
+judgements a killed run may have paid for without storing them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from collections import Counter
@@ -241,6 +245,18 @@ class Ledger:
         self.pending, self.last = Usage(), time.monotonic()
         self.pending_results = 0
 
+    def started(self) -> None:
+        """Record, durably and before the request is sent, that one judgement starts: a call
+        in flight at a kill may have been billed, so it must be on disk before it is made."""
+        if self.path is None:
+            return
+        line = {"run": self.run_id, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "started": 1}  # fmt: skip
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
     def add(self, usage: Usage, results: int, every: float) -> None:
         self.pending += usage
         self.pending_results += results
@@ -280,7 +296,12 @@ def read_ledger(path: Path, run_id: str | None = None) -> dict[str, dict[str, An
         rec = json.loads(line)
         if run_id is not None and rec["run"] != run_id:
             continue
-        r = runs.setdefault(rec["run"], {"results": 0, "usage": Usage(), "cost_usd": 0.0})
+        r = runs.setdefault(
+            rec["run"], {"results": 0, "started": 0, "usage": Usage(), "cost_usd": 0.0}
+        )
+        if "started" in rec:  # a judgement about to be requested
+            r["started"] += rec["started"]
+            continue
         r["results"] += rec["results"]
         r["usage"] += Usage.from_dict(rec["usage"])
         r["cost_usd"] = (
@@ -311,7 +332,7 @@ async def run_jobs(
     pricing: Pricing | None = None,
     set_labels: bool = True,
     progress: bool = True,
-    ledger_every: float = 2.0,
+    ledger_every: float = 0.0,
     skipped_done: int = 0,
     on_result: Callable[[Job, JudgeResult], None] | None = None,
 ) -> Summary:
@@ -354,6 +375,7 @@ async def run_jobs(
             write,
             concurrency=concurrency,
             on_written=written,
+            on_start=lambda job: ledger.started(),
         )
     except asyncio.CancelledError:
         summary.interrupted = True

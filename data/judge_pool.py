@@ -42,9 +42,11 @@ async def judge_jobs(
     *,
     concurrency: int = 8,
     on_written: Callable[[Batch], None] | None = None,
+    on_start: Callable[[J], None] | None = None,
 ) -> None:
     """Judge every job (``judge.run(task, make_input(job))``) with ``concurrency`` workers,
-    passing results to ``write`` (blocking, in a thread) and then ``on_written`` as they arrive.
+    passing results to ``write`` (blocking, in a thread) and then ``on_written`` as they arrive;
+    ``on_start(job)`` runs just before each judgement is requested.
     See the module docstring for batching, back-pressure and failure handling."""
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}.")
@@ -60,6 +62,8 @@ async def judge_jobs(
             except asyncio.QueueEmpty:
                 return
             item = await asyncio.to_thread(make_input, job)
+            if on_start is not None:  # e.g. the cost ledger: recorded before the request
+                on_start(job)
             await results.put((job, await judge.run(task, item)))
 
     async def writer() -> None:

@@ -223,6 +223,11 @@ def test_kill_nine_five_times_then_resume(tmp_path, serve):
     assert set(served) == {r["triplet_id"] for r in rows}
     for tid, count in served.items():  # judged once, plus once per kill it was in flight at
         assert count == 1 + sum(tid in s for s in in_flight), tid
+    # Every call that may have been billed is on the ledger: each judgement is recorded as
+    # started before its request, so the killed runs' calls in flight are counted too.
+    ledger = read_ledger(store.path.with_name("s_ledger.jsonl"))
+    assert len(ledger) == 6
+    assert sum(r["started"] for r in ledger.values()) >= sum(served.values())
     # requests in flight + results queued for the writer + the batch being written
     assert all(len(s) <= 3 * concurrency for s in in_flight), [len(s) for s in in_flight]
     assert {r["rewards"] for r in rows} <= set(oracle_labels(store).values())
