@@ -50,8 +50,12 @@ def test_damaged_latest_is_skipped_and_a_named_one_is_refused(run, tmp_path):
     pickle.write_bytes(b"")
     with pytest.raises(ValueError, match=r"cannot resume from .*checkpoint-2: random_states_0.pkl"):
         resolve_resume(copy, str(copy / "checkpoint-2"))
-    with pytest.warns(UserWarning, match="checkpoint-2 is damaged"):
+    with pytest.warns(UserWarning) as caught:
         assert resolve_resume(copy, "latest") == copy / "checkpoint-1"
+    assert [str(w.message).split("/")[-1].split(" ")[0] for w in caught] == [
+        "checkpoint-3",
+        "checkpoint-2",
+    ]
     # The run continues from checkpoint-1 and ends where it should.
     with pytest.warns(UserWarning, match="damaged"):
         train(cfg.replace(output_dir=str(copy), resume_from_checkpoint="latest"))
