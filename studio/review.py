@@ -11,6 +11,8 @@ machine annotations (judge and oracle, task ``annotate``):
             (a 5 that names failure points, or a score <= 2.5 that names none)
           + 1 if any judge call on the triplet failed
           + 10 if the triplet has no machine label at all (e.g. sent from the Edit tab)
+          + the largest predicted standard deviation of a judge that reports one (the learned
+            reward model, ``--judge reward-model:FOLDER``: its own doubt, in score points)
 
 Triplets without an edited image (benchmark inputs) are not in the queue. Ties keep
 insertion order. The doubt of every triplet is computed once and cached; the cache
@@ -138,6 +140,7 @@ class MachineLabel:
 
     scores: tuple[float, float, float] | None
     texts: tuple[str, str, str] = ("", "", "")
+    std: tuple[float, ...] = ()  # a judge's predicted standard deviations (reward model), if any
 
 
 def doubt_of(labels: Sequence[MachineLabel]) -> float:
@@ -152,7 +155,17 @@ def doubt_of(labels: Sequence[MachineLabel]) -> float:
         for a in ok
         for score, text in zip(a.scores, a.texts)
     )
-    return spread + float(contradictions) + (1.0 if failed else 0.0)
+    uncertainty = max((max(a.std) for a in ok if a.std), default=0.0)
+    return spread + float(contradictions) + (1.0 if failed else 0.0) + uncertainty
+
+
+def _std(meta: str | None) -> tuple[float, ...]:
+    """The per-perspective standard deviations a judge stored in an annotation's meta."""
+    try:
+        std = json.loads(meta or "{}").get("std") or {}
+    except (json.JSONDecodeError, AttributeError):
+        return ()
+    return tuple(float(v) for v in std.values() if isinstance(v, (int, float)))
 
 
 class ReviewQueue:
@@ -180,7 +193,7 @@ class ReviewQueue:
             return
         cols = ", ".join(f"{p}, {p}_text" for p in PERSPECTIVES)
         sql = (
-            f"SELECT triplet_id, status, {cols} FROM annotations "
+            f"SELECT triplet_id, status, {cols}, meta FROM annotations "
             "WHERE kind IN ('judge', 'oracle') AND task = 'annotate'"
         )
         per_triplet: dict[str, list[MachineLabel]] = {}
@@ -190,7 +203,7 @@ class ReviewQueue:
             )]  # fmt: skip
             for row in db.execute(sql):
                 label = (
-                    MachineLabel(row[2::2], tuple(t or "" for t in row[3::2]))
+                    MachineLabel(row[2:8:2], tuple(t or "" for t in row[3:8:2]), _std(row[8]))
                     if row[1] == "ok"
                     else MachineLabel(None)
                 )

@@ -1,0 +1,33 @@
+"""The review queue's doubt order counts a reward-model judge's own uncertainty: of two
+triplets with the same judge scores, the one the reward model is less sure about comes first."""
+
+from __future__ import annotations
+
+from core.store import Store
+from studio.review import MachineLabel, ReviewQueue, doubt_of
+from tests._store_helpers import R, add
+
+
+def test_doubt_adds_the_largest_predicted_std():
+    plain = MachineLabel((4.0, 5.0, 3.0), ("x", "", "y"))
+    unsure = MachineLabel((4.0, 5.0, 3.0), ("x", "", "y"), std=(0.4, 1.7, 0.9))
+    assert doubt_of([unsure]) == doubt_of([plain]) + 1.7
+
+
+def test_queue_puts_the_reward_models_doubtful_items_first(tmp_path):
+    store = Store(tmp_path / "s.db")
+    ids = [add(store, seed=i) for i in range(3)]
+    stds = [{"following": 0.2, "preserving": 0.3, "quality": 0.1},
+            {"following": 0.4, "preserving": 2.1, "quality": 0.5},
+            None]  # fmt: skip
+    store.add_annotations(
+        {"triplet_id": tid, "kind": "judge", "rewards": R((4, 5, 5), ("instruction half done", "", "")),
+         "judge_model": "reward-model:rm", "prompt_version": "n/a",
+         "meta": {"std": std} if std else {}}
+        for tid, std in zip(ids, stds)
+    )  # fmt: skip
+    queue = ReviewQueue(store)
+    assert queue.next_item("alice").triplet_id == ids[1]
+    # 2.1 and 0.3 above the same judge-only doubt of the triplet without a std
+    assert abs(queue.doubt(ids[1]) - queue.doubt(ids[2]) - 2.1) < 1e-9
+    assert abs(queue.doubt(ids[0]) - queue.doubt(ids[2]) - 0.3) < 1e-9
