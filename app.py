@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help=f"MRC or stock InstructPix2Pix pipeline: a local folder or a hub id "
                         f"(default: the Shapes demo model in {DEFAULT_MODEL_PATH}, if installed)")  # fmt: skip
+    p.add_argument("--reward-model", default=None,
+                   help="a reward model folder (python -m train.reward_model) for the Edit tab's "
+                        "best of N (default: the shipped Shapes reward model with the demo model)")  # fmt: skip
     p.add_argument("--db", default=str(DEFAULT_DB_PATH),
                    help="the studio's SQLite store (created if missing; the default path gets "
                         "the demo content on first run)")  # fmt: skip
@@ -116,7 +119,11 @@ def serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    model = load_edit_model(args.model, args.device)
+    try:
+        model = load_edit_model(args.model, args.device, args.reward_model)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         evaluation = (
             Evaluation(*args.compare, overlap=args.overlap)

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 # The one place the demo model paths live (the lead ships the trained Shapes models here).
 DEFAULT_MODEL_PATH = REPO / "docs" / "demo_models" / "shapes_mrc"
+DEFAULT_REWARD_MODEL_PATH = DEFAULT_MODEL_PATH.parent / "shapes_reward_model"
 DEFAULT_BASELINE_PATH = REPO / "docs" / "demo_models" / "shapes_baseline"
 DEFAULT_DB_PATH = REPO / ".mrc" / "studio.db"
 

@@ -1,6 +1,6 @@
 """Tab 1, Edit: run the model with reward sliders; compare, sweep, send to review.
 
-Events (``api_name``): ``edit``, ``sweep``, ``randomize_seed``, ``send_to_review``.
+Events (``api_name``): ``edit``, ``sweep``, ``best_of``, ``randomize_seed``, ``send_to_review``.
 The model runs under ``concurrency_id="model"`` with a limit of one: Gradio's queue makes
 other users wait their turn instead of running two generations on one GPU at once.
 """
@@ -8,6 +8,7 @@ other users wait their turn instead of running two generations on one GPU at onc
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
 
 import gradio as gr
@@ -109,6 +110,46 @@ def run_sweep(
     return grid
 
 
+@user_errors
+def run_best_of(
+    ctx: StudioContext,
+    image, instruction, s_follow, s_preserve, s_quality, t_follow, t_preserve, t_quality,
+    steps, text_cfg, image_cfg, reward_cfg, seed, n,
+    request: gr.Request, progress=gr.Progress(),
+):  # fmt: skip
+    """Best of N: N candidates (seeds seed .. seed + N - 1), ranked by the reward model; the
+    best becomes the edit (compare view, state for "Send to review"), all are shown with their
+    predicted scores."""
+    instruction, settings = _prepare(
+        ctx, request, image, instruction, [s_follow, s_preserve, s_quality],
+        [t_follow, t_preserve, t_quality], steps, text_cfg, image_cfg, reward_cfg, seed,
+    )  # fmt: skip
+    if ctx.model.reward_model is None:
+        raise gr.Error(
+            "Best of N needs a reward model: start the studio with --reward-model FOLDER.",
+            print_exception=False,
+        )
+    before, ranked = ctx.model.best_of(
+        image, instruction, settings, int(n),
+        progress=lambda i, k: progress((i, k), desc=f"best of {int(n)}", unit="steps"),
+    )  # fmt: skip
+    best = ranked[0]
+    chosen = replace(settings, seed=settings.seed + best.index)
+    last = {"original": before, "edited": best.image, "instruction": instruction,
+            "settings": chosen}  # fmt: skip
+    gallery = [(c.image, _caption(c, settings.seed)) for c in ranked]
+    status = (
+        f"Best of {len(ranked)} by the reward model: seed {chosen.seed} "
+        f"({_caption(best, settings.seed)})."
+    )
+    return (before, best.image), status, last, gallery
+
+
+def _caption(c: Any, seed: int) -> str:
+    means = " ".join(f"{p[0].upper()} {c.mean[p]:.1f}±{c.std[p]:.1f}" for p in PERSPECTIVES)
+    return f"seed {seed + c.index}: {means}"
+
+
 def randomize_seed() -> int:
     return random.randint(0, MAX_SEED)
 
@@ -191,6 +232,14 @@ def build_edit_tab(ctx: StudioContext) -> dict[str, Any]:
                         value=0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED
                     )
                     dice = gr.Button("🎲 Randomise", size="sm", elem_id="edit-randomize")
+            with gr.Accordion("Best of N (reward model)", open=False):
+                gr.Markdown(
+                    "Draw N candidates (seeds seed, seed + 1, ...) and keep the one the learned "
+                    "reward model ranks first; every candidate is shown with its predicted "
+                    "scores (mean ± std per perspective: F following, P preserving, Q quality)."
+                )
+                n_best = gr.Slider(2, 8, value=4, step=1, label="Candidates (N)")
+                best = gr.Button("Best of N", elem_id="edit-best-of")
             with gr.Row():
                 go = gr.Button("Edit", variant="primary", elem_id="edit-run")
                 sweep = gr.Button("Reward sweep", elem_id="edit-sweep")
@@ -215,6 +264,8 @@ def build_edit_tab(ctx: StudioContext) -> dict[str, Any]:
             review_status = gr.Markdown(elem_id="edit-send-status")
             grid = gr.Image(label="Reward sweep", type="pil", elem_id="edit-grid", interactive=False,
                             format="png")  # fmt: skip
+            candidates = gr.Gallery(label="Best of N: candidates, best first", columns=4,
+                                    elem_id="edit-candidates", format="png", height="auto")  # fmt: skip
     last = gr.State(None)
     inputs = [image, instruction, *sliders, *texts, steps, text_cfg, image_cfg, reward_cfg, seed]
     checked = dict(show_progress="hidden", api_visibility="private", queue=False)
@@ -229,6 +280,10 @@ def build_edit_tab(ctx: StudioContext) -> dict[str, Any]:
     sweep.click(bind(check_edit, ctx), inputs, None, **checked).success(
         bind(run_sweep, ctx), inputs, [grid],
         api_name="sweep", concurrency_limit=1, concurrency_id="model",
+    )  # fmt: skip
+    best.click(bind(check_edit, ctx), inputs, None, **checked).success(
+        bind(run_best_of, ctx), [*inputs, n_best], [compare, status, last, candidates],
+        api_name="best_of", concurrency_limit=1, concurrency_id="model",
     )  # fmt: skip
     dice.click(randomize_seed, None, [seed], api_name="randomize_seed", queue=False)
     to_review.click(bind(send_to_review, ctx), [last], [review_status],

@@ -8,6 +8,9 @@
   folder exists, else tiny randomly initialised components from :mod:`core.tiny` so the
   studio still starts, with a banner that says no trained model is installed.
 
+A learned reward model (``--reward-model``; the shipped Shapes one with the demo model) lets the
+Edit tab draw N candidates and keep the one it ranks first (:meth:`EditModel.best_of`).
+
 On a GPU the model runs in fp16, else fp32 on the CPU. Gradio serialises calls to it
 (``concurrency_id="model"``, limit 1), so :class:`EditModel` itself needs no lock.
 
@@ -57,6 +60,8 @@ class EditModel:
     name: str  # what was loaded (path or hub id), shown in the banner and stored with edits
     trained: bool  # False for the randomly initialised fallback
     device: torch.device
+    reward_model: Any = None  # a core.reward_model.EditRewardModel for best-of-N, or None
+    reward_model_name: str = ""
 
     @property
     def resolution(self) -> int:
@@ -82,11 +87,12 @@ class EditModel:
         texts: list[tuple[str, str, str]],
         settings: EditSettings,
         progress: Progress | None,
+        seeds: Sequence[int] | None = None,
     ) -> list[Image.Image]:
         n = len(instructions)
-        generators = [
-            torch.Generator(device="cpu").manual_seed(int(settings.seed)) for _ in range(n)
-        ]  # the same noise for every image: only the reward differs across a sweep
+        # By default the same noise for every image: only the reward differs across a sweep.
+        seeds = seeds if seeds is not None else [int(settings.seed)] * n
+        generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
 
         def on_step(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
             if progress is not None:
@@ -120,6 +126,32 @@ class EditModel:
             img, [instruction], [settings.rewards], [settings.reward_text], settings, progress
         )[0]
         return img, edited
+
+    def best_of(
+        self,
+        image: Any,
+        instruction: str,
+        settings: EditSettings = EditSettings(),
+        n: int = 4,
+        progress: Progress | None = None,
+    ) -> tuple[Image.Image, list[Any]]:
+        """Draw ``n`` candidates (seeds ``seed``, ``seed + 1``, ...: the first is the plain
+        edit's) and rank them with the reward model: (the input as seen, candidates best first,
+        each a :class:`core.best_of_n.RankedCandidate` whose ``index`` is its seed offset)."""
+        from core.best_of_n import rank_candidates
+
+        if self.reward_model is None:
+            raise ValueError(
+                "best-of-N needs a reward model; start the studio with --reward-model FOLDER "
+                "(python -m train.reward_model)."
+            )
+        if not 1 <= n <= 16:
+            raise ValueError(f"best-of-N takes 1 to 16 candidates; got {n}.")
+        img = self._prepare(image)
+        seeds = [int(settings.seed) + k for k in range(n)]
+        drawn = self._call(img, [instruction] * n, [settings.rewards] * n,
+                           [settings.reward_text] * n, settings, progress, seeds)  # fmt: skip
+        return img, rank_candidates(self.reward_model, img, instruction, drawn)
 
     def sweep(
         self,
@@ -173,9 +205,13 @@ def pick_device(device: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_edit_model(model: str | Path | None, device: str | None = None) -> EditModel:
-    """Load ``model`` (see module docstring); None means the demo model or the fallback."""
-    from studio.demo import DEFAULT_MODEL_PATH
+def load_edit_model(
+    model: str | Path | None, device: str | None = None, reward_model: str | Path | None = None
+) -> EditModel:
+    """Load ``model`` (see module docstring); None means the demo model or the fallback.
+    ``reward_model``: a reward model folder for best-of-N (None: the shipped Shapes reward
+    model with the demo model, none otherwise)."""
+    from studio.demo import DEFAULT_MODEL_PATH, DEFAULT_REWARD_MODEL_PATH
 
     dev = pick_device(device)
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
@@ -195,4 +231,17 @@ def load_edit_model(model: str | Path | None, device: str | None = None) -> Edit
         trained, name = True, source
     pipe = pipe.to(dev) if pipe.dtype == dtype else pipe.to(dev, dtype)
     pipe.set_progress_bar_config(disable=True)
-    return EditModel(pipeline=pipe, name=name, trained=trained, device=dev)
+    rm_source = str(reward_model) if reward_model else None
+    if rm_source is None and source == str(DEFAULT_MODEL_PATH):
+        rm_source = (
+            str(DEFAULT_REWARD_MODEL_PATH) if Path(DEFAULT_REWARD_MODEL_PATH).is_dir() else None
+        )
+    rm = None
+    if rm_source is not None:
+        from core.reward_model import EditRewardModel
+
+        if not Path(rm_source).is_dir():
+            raise ValueError(f"--reward-model {rm_source!r} is not a reward model folder.")
+        rm = EditRewardModel.from_pretrained(rm_source).to(dev).eval()
+    return EditModel(pipeline=pipe, name=name, trained=trained, device=dev, reward_model=rm,
+                     reward_model_name=rm_source or "")  # fmt: skip
