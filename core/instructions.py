@@ -42,7 +42,9 @@ def warn_truncated(tokenizer: Any, texts: Sequence[str], what: str = "instructio
     limit = getattr(tokenizer, "model_max_length", None)
     if not limit or limit > 100_000 or not texts:  # no real limit configured
         return 0
-    lengths = [len(ids) for ids in tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]]
+    lengths = [
+        len(ids) for ids in tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
+    ]
     over = [n for n in lengths if n > limit]
     if over:
         warnings.warn(
