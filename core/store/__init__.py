@@ -61,7 +61,14 @@ from __future__ import annotations
 
 from .annotations import annotation_key
 from .bench import BenchMixin
-from .errors import ConflictError, LockedError, NotFoundError, StoreError, StoreInputError
+from .errors import (
+    ConflictError,
+    LockedError,
+    NotFoundError,
+    StoreBusyError,
+    StoreError,
+    StoreInputError,
+)
 from .labels import DEFAULT_LOCK_SECONDS, ExportedLabel, LabelRecord, LabelsMixin
 from .ratings import RatingsMixin
 from .schema import KINDS, MIGRATIONS, REVIEW_STATUSES, ROLES, TABLES
@@ -89,6 +96,7 @@ __all__ = [
     "LockedError",
     "NotFoundError",
     "Store",
+    "StoreBusyError",
     "StoreError",
     "StoreInputError",
     "annotation_key",

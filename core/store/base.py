@@ -49,7 +49,7 @@ from core.fileio import write_atomic
 from core.images import ImageError, encode_png, image_hash, load_image
 from core.rewards import PERSPECTIVES, Label, Rewards, RewardValidationError
 
-from .errors import NotFoundError, StoreError, StoreInputError
+from .errors import NotFoundError, StoreBusyError, StoreError, StoreInputError
 from .schema import MIGRATIONS, TABLES
 
 
@@ -190,14 +190,32 @@ class StoreBase:
 
     @contextlib.contextmanager
     def db(self) -> Iterator[Database]:
-        """A ``sqlite_utils.Database`` on a fresh connection, closed on exit (for reads)."""
-        conn = self._connect()
+        """A ``sqlite_utils.Database`` on a fresh connection, closed on exit (for reads).
+        SQLite's "database is locked" after the busy timeout becomes :class:`StoreBusyError`."""
+        try:
+            conn = self._connect()
+        except sqlite3.OperationalError as e:
+            self._raise_if_busy(e)
+            raise
         try:
             yield Database(conn, execute_plugins=False)
+        except sqlite3.OperationalError as e:
+            self._raise_if_busy(e)
+            raise
         finally:
             if conn.in_transaction:
                 conn.rollback()
             conn.close()
+
+    def _raise_if_busy(self, e: sqlite3.OperationalError) -> None:
+        """Raise a StoreBusyError with advice when ``e`` is SQLite's lock timeout."""
+        if "locked" not in str(e) and "busy" not in str(e):
+            return
+        raise StoreBusyError(
+            f"the store {self.path} stayed locked by another writer for {self.busy_timeout:g} s "
+            "(another studio, an annotate or import run, or a long export?); nothing was "
+            "written. Retry when it is done, or open the store with a longer busy_timeout."
+        ) from e
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Database]:

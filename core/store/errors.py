@@ -21,3 +21,7 @@ class ConflictError(StoreError):
 
 class LockedError(ConflictError):
     """The item is locked by another user (see ``Store.acquire_lock``)."""
+
+
+class StoreBusyError(StoreError):
+    """Another connection held the database's write lock for longer than the busy timeout."""
