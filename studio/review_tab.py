@@ -394,8 +394,8 @@ def build_review_tab(ctx: StudioContext) -> dict[str, Any]:
         judge = gr.Dropdown([ANY, *choices["judge"]], value=ANY, label="Judge",
                             allow_custom_value=True, elem_id="review-f-judge")  # fmt: skip
         perspective = gr.Dropdown([ANY, *PERSPECTIVES], value=ANY, label="Perspective")
-        lo = gr.Number(0, label="Score ≥", minimum=0, maximum=5, step=0.5)
-        hi = gr.Number(5, label="Score ≤", minimum=0, maximum=5, step=0.5)
+        lo = gr.Number(0, label="Score ≥", minimum=0, maximum=5, step=0.1)
+        hi = gr.Number(5, label="Score ≤", minimum=0, maximum=5, step=0.1)
         load = gr.Button("Load queue", variant="primary", elem_id="review-load")
     header = gr.Markdown(elem_id="review-header")
     with gr.Row():
@@ -409,7 +409,8 @@ def build_review_tab(ctx: StudioContext) -> dict[str, Any]:
     scores, texts = [], []
     for p in PERSPECTIVES:
         with gr.Row(elem_id=f"review-row-{p}", elem_classes=["mrc-hotkey-row"]):
-            scores.append(gr.Slider(0, 5, value=5, step=0.5, label=TITLES[p], scale=1,
+            # step 0.1: judge scores such as 2.6 (and the oracle's) sit exactly on the slider
+            scores.append(gr.Slider(0, 5, value=5, step=0.1, label=TITLES[p], scale=1,
                                     elem_id=f"review-score-{p}"))  # fmt: skip
             texts.append(gr.Textbox(label=f"{TITLES[p]}: failure points", scale=2, lines=1,
                                     elem_id=f"review-text-{p}"))  # fmt: skip

@@ -1,11 +1,13 @@
 """The review queue's doubt order counts a reward-model judge's own uncertainty: of two
-triplets with the same judge scores, the one the reward model is less sure about comes first."""
+triplets with the same judge scores, the one the reward model is less sure about comes first;
+and the review sliders hold judge scores exactly."""
 
 from __future__ import annotations
 
 from core.store import Store
 from studio.review import MachineLabel, ReviewQueue, doubt_of
 from tests._store_helpers import R, add
+from tests.studio_helpers import build_store, tiny_model
 
 
 def test_doubt_adds_the_largest_predicted_std():
@@ -31,3 +33,13 @@ def test_queue_puts_the_reward_models_doubtful_items_first(tmp_path):
     # 2.1 and 0.3 above the same judge-only doubt of the triplet without a std
     assert abs(queue.doubt(ids[1]) - queue.doubt(ids[2]) - 2.1) < 1e-9
     assert abs(queue.doubt(ids[0]) - queue.doubt(ids[2]) - 0.3) < 1e-9
+
+
+def test_review_sliders_hold_judge_scores_exactly(tmp_path):
+    """A judge's 2.6 must sit on the review slider, not between two 0.5 steps."""
+    from studio.app import build_demo, create_context
+
+    ctx = create_context(build_store(tmp_path / "s.db"), tiny_model(), login_required=False)
+    config = build_demo(ctx).get_config_file()
+    steps = {c["props"].get("elem_id"): c["props"].get("step") for c in config["components"]}
+    assert all(steps[f"review-score-{p}"] == 0.1 for p in ("following", "preserving", "quality"))
