@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.judges.base import Judge, Usage
+from core.judges.base import Judge, Usage, judge_name_type, reward_model_folder
 from core.judges.cost import pricing_for
 from core.judges.limits import RetryPolicy
 from core.judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig
@@ -104,14 +104,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     b.add_argument("--batch-max-lines", type=int, default=50_000)
 
 
-def _judge_name(text: str) -> str:
-    if text in ("openai", "shapes-oracle") or (
-        text.startswith("reward-model:") and len(text) > len("reward-model:")
-    ):
-        return text
-    raise argparse.ArgumentTypeError(
-        f"unknown judge {text!r}; choose openai, shapes-oracle or reward-model:FOLDER"
-    )
+_judge_name = judge_name_type("openai", "shapes-oracle")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -131,11 +124,11 @@ def make_judge(args: argparse.Namespace, store: Any) -> Judge:
         from data.shapes_judge import ShapesJudge
 
         return ShapesJudge(store)
-    if args.judge.startswith("reward-model:"):
+    if (folder := reward_model_folder(args.judge)) is not None:
         from core.judges.reward_model_judge import RewardModelJudge
 
         try:
-            return RewardModelJudge(args.judge.split(":", 1)[1])
+            return RewardModelJudge(folder)
         except (ValueError, OSError) as e:
             raise SystemExit(f"error: {e}") from None
     import os

@@ -25,9 +25,10 @@ Shapes oracle in ``data.shapes_judge`` (``core`` never imports ``data``).
 from __future__ import annotations
 
 import abc
+import argparse
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -301,3 +302,28 @@ def idempotency_key(
         "judge": spec.to_dict(),
     }
     return sha256_hex(json.dumps(doc, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+
+
+# -- judge names on command lines --------------------------------------------------------------
+
+REWARD_MODEL_JUDGE = "reward-model:"  # prefix of the learned reward model's judge name
+
+
+def reward_model_folder(name: str) -> str | None:
+    """The folder of a ``reward-model:FOLDER`` judge name; None for any other judge."""
+    if name.startswith(REWARD_MODEL_JUDGE) and len(name) > len(REWARD_MODEL_JUDGE):
+        return name[len(REWARD_MODEL_JUDGE) :]
+    return None
+
+
+def judge_name_type(*names: str) -> Callable[[str], str]:
+    """An argparse ``type`` accepting one of ``names`` or ``reward-model:FOLDER``."""
+
+    def check(text: str) -> str:
+        if text in names or reward_model_folder(text) is not None:
+            return text
+        raise argparse.ArgumentTypeError(
+            f"unknown judge {text!r}; choose {', '.join(names)} or {REWARD_MODEL_JUDGE}FOLDER"
+        )
+
+    return check

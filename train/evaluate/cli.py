@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from core.judges.base import Judge
+from core.judges.base import Judge, judge_name_type, reward_model_folder
 from train.benchmarks_sources import load_benchmark
 from train.evaluate.gallery import pick_items, write_html, write_png
 from train.evaluate.metrics_stage import compute_run_metrics
@@ -87,14 +87,7 @@ class EvalConfig:
     progress: bool = True
 
 
-def _judge_name(text: str) -> str:
-    if text in ("oracle", "openai") or (
-        text.startswith("reward-model:") and len(text) > len("reward-model:")
-    ):
-        return text
-    raise argparse.ArgumentTypeError(
-        f"unknown judge {text!r}; choose oracle, openai or reward-model:FOLDER"
-    )
+_judge_name = judge_name_type("oracle", "openai")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,10 +189,10 @@ def make_judge(cfg: EvalConfig, store: Any) -> Judge:
         from data.shapes_judge import ShapesJudge
 
         return ShapesJudge(store)
-    if cfg.judge.startswith("reward-model:"):
+    if (folder := reward_model_folder(cfg.judge)) is not None:
         from core.judges.reward_model_judge import RewardModelJudge
 
-        return RewardModelJudge(cfg.judge.split(":", 1)[1], device=cfg.device)
+        return RewardModelJudge(folder, device=cfg.device)
     from core.judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig
 
     return OpenAIJudge(
