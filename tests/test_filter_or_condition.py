@@ -16,17 +16,10 @@ import yaml
 from train.config import TrainConfig
 from train.filter_or_condition import Plan, best_arm, run
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ["baseline", "filter", "filter-oracle", "condition", "condition-local", "both",
         "filter-keep1of6", "filter-keep2of3"]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

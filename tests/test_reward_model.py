@@ -22,16 +22,9 @@ from core.reward_model import (
 )
 from core.rewards import PERSPECTIVES
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SHAPES_CLIP = Path(__file__).resolve().parents[1] / "docs" / "demo_models" / "shapes_clip"
 TINY = dict(image_size=16, channels=(8, 16), hidden_dim=32)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_model(seed: int = 0) -> EditRewardModel:
