@@ -29,88 +29,24 @@ from typing import Any
 import numpy as np
 
 from core.rewards import PERSPECTIVES, TITLES
+from core.stats import (  # the one kappa and judge agreement, re-exported for their old callers
+    CLASSES,
+    cohen_kappa,  # noqa: F401
+    quadratic_weighted_kappa,  # noqa: F401
+    score_agreement,
+    to_class,
+)
 
-CLASSES = 6  # integer scores 0..5
 EXTRA_STOPWORDS = {"image", "edited", "original", "s", "instruction", "one", "also"}
 
 
-def to_class(scores: Sequence[float]) -> np.ndarray:
-    """Scores in [0, 5] -> integers 0..5, rounding half up (4.5 -> 5)."""
-    return np.floor(np.asarray(scores, dtype=float) + 0.5).astype(int).clip(0, CLASSES - 1)
-
-
-def cohen_kappa(
-    a: Sequence[Any],
-    b: Sequence[Any],
-    *,
-    weights: str | None = None,
-    labels: Sequence[Any] | None = None,
-) -> float:
-    """Cohen's kappa of two raters' labels, ``1 - sum(w * observed) / sum(w * expected)``.
-
-    :param weights: ``None`` (every disagreement counts 1: the plain kappa), ``"linear"`` or
-        ``"quadratic"`` (disagreement ``|i - j| / (k - 1)``, squared for quadratic, between the
-        positions ``i``, ``j`` of the two labels in ``labels``).
-    :param labels: the ordered categories; default the labels present, sorted (as text). Weighted
-        kappa needs the full scale here, e.g. ``range(6)`` for 0..5 scores.
-    :returns: NaN for no items, or when chance agreement is already perfect (no rater varies),
-        since kappa is then undefined rather than 1.
-
-    The one kappa of the project: the judge-vs-oracle tables of ``python -m data stats``
-    (quadratic, over integer scores) and of ``python -m train.evaluate`` (plain, yes/no verdicts)
-    both call it.
-    """
-    if len(a) != len(b):
-        raise ValueError(f"Both raters need one label per item; got {len(a)} and {len(b)}.")
-    if weights not in (None, "linear", "quadratic"):
-        raise ValueError(f"weights must be None, 'linear' or 'quadratic', got {weights!r}.")
-    if len(a) == 0:
-        return math.nan
-    cats = list(labels) if labels is not None else sorted(set(a) | set(b), key=str)
-    index = {lab: i for i, lab in enumerate(cats)}
-    unknown = (set(a) | set(b)) - set(index)
-    if unknown:
-        raise ValueError(f"labels {sorted(unknown, key=str)} are not in the given labels {cats}.")
-    k = len(cats)
-    observed = np.zeros((k, k))
-    np.add.at(observed, ([index[u] for u in a], [index[v] for v in b]), 1.0)
-    observed /= observed.sum()
-    expected = np.outer(observed.sum(1), observed.sum(0))
-    i, j = np.indices((k, k))
-    if weights is None:
-        w = (i != j).astype(float)
-    else:
-        w = np.abs(i - j) / max(k - 1, 1)
-        if weights == "quadratic":
-            w = w**2
-    denom = float((w * expected).sum())
-    if denom <= 1e-12:
-        return math.nan
-    return float(1.0 - (w * observed).sum() / denom)
-
-
-def quadratic_weighted_kappa(a: Sequence[float], b: Sequence[float]) -> float:
-    """Cohen's kappa with quadratic weights over classes 0..5 (scores rounded half up); NaN
-    when undefined."""
-    x, y = to_class(a), to_class(b)
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError("kappa needs two equally long, non-empty score lists")
-    return cohen_kappa(x.tolist(), y.tolist(), weights="quadratic", labels=range(CLASSES))
-
-
 def agreement(judge: Sequence[float], truth: Sequence[float]) -> dict[str, Any]:
-    """MAE, exact and within-one agreement, quadratic-weighted kappa of one perspective."""
-    a, b = np.asarray(judge, dtype=float), np.asarray(truth, dtype=float)
-    if a.shape != b.shape or a.size == 0:
+    """MAE, exact and within-one agreement, quadratic-weighted kappa of one perspective
+    (:func:`core.stats.score_agreement`, the project's one judge agreement)."""
+    if len(judge) == 0 or len(judge) != len(truth):
         raise ValueError("agreement needs two equally long, non-empty score lists")
-    ca, cb = to_class(a), to_class(b)
-    return {
-        "n": int(a.size),
-        "mae": float(np.abs(a - b).mean()),
-        "exact": float((ca == cb).mean()),
-        "within1": float((np.abs(ca - cb) <= 1).mean()),
-        "qwk": quadratic_weighted_kappa(a, b),
-    }
+    scores = score_agreement(judge, truth)
+    return {k: scores[k] for k in ("n", "mae", "exact", "within1", "qwk")}
 
 
 # -- reading labels --------------------------------------------------------------------------

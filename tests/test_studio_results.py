@@ -163,6 +163,67 @@ def test_report_writes_every_table_as_csv(tmp_path):
             "judge_vs_human.csv",
             "ratings_raw.csv",
             "preferences_raw.csv",
+            "raters.csv",
+            "local_mode_scores.csv",
         ]  # fmt: skip
     )
     assert pd.read_csv(tmp_path / "human_scores.csv").shape[0] == 2
+
+
+# -- one statistics module: core.stats ------------------------------------------------------
+
+
+def test_every_judge_agreement_is_core_stats_score_agreement():
+    import core.stats
+    import data.stats
+    import studio.results
+    import train.stats
+
+    judge, truth = [5, 4, 1, 0, 2.6], [5, 2, 1, 0.5, 3]
+    one = core.stats.score_agreement(judge, truth)
+    assert one["n"] == 5 and one["mae"] == pytest.approx((0 + 2 + 0 + 0.5 + 0.4) / 5)
+    assert one["within_1_points"] == pytest.approx(4 / 5)
+    assert data.stats.agreement(judge, truth) == {
+        k: one[k] for k in ("n", "mae", "exact", "within1", "qwk")
+    }
+    verdict = train.stats.verdict_agreement([1, 1, 0, 0, 1], [1, 0, 0, 0, 1], judge, truth)
+    assert verdict["spearman"] == pytest.approx(one["spearman"])
+    assert verdict["within_1"] == pytest.approx(one["within_1_points"])
+    assert studio.results.judge_agreement is core.stats.judge_human_agreement
+    assert train.stats.bootstrap_ci is core.stats.bootstrap_ci
+    assert data.stats.cohen_kappa is core.stats.cohen_kappa
+
+
+def test_rater_agreement_finds_the_rater_who_gives_three_to_everything():
+    from core.stats import GOLD_COLUMNS, rater_agreement
+
+    rows = []
+    truth = {0: 5, 1: 1, 2: 4, 3: 0}
+    for item, score in truth.items():
+        for p in ("following", "preserving", "quality"):
+            rows.append((item, "x", "good1", p, score))
+            rows.append((item, "x", "good2", p, score))
+            rows.append((item, "x", "lazy", p, 3))
+    prefs = _prefs(
+        [
+            (i, r, "x", "y", "a" if r != "lazy" else "tie")
+            for i in range(4)
+            for r in ("good1", "good2", "lazy")
+        ]  # fmt: skip
+    )
+    gold = pd.DataFrame(
+        [("good1", 1, "a", "a", 0.0), ("lazy", 1, "tie", "a", 2.0), ("lazy", 2, "b", "a", 3.0)],
+        columns=list(GOLD_COLUMNS),
+    )
+    table = rater_agreement(_ratings(rows), prefs, gold).set_index("rater")
+    assert table.loc["lazy", "score_sd"] == 0 and table.loc["lazy", "modal_share"] == 1
+    assert table.loc["good1", "score_sd"] > 1
+    assert table.loc["good1", "mae_vs_others"] == pytest.approx(np.mean([1, 1, 0.5, 1.5]))
+    # lazy vs the mean of good1 and good2 (who agree): |3 - truth|
+    assert table.loc["lazy", "mae_vs_others"] == pytest.approx(np.mean([2, 2, 1, 3]))
+    assert table.loc["good1", "preference_agreement"] == pytest.approx(0.5)
+    assert table.loc["lazy", "preference_agreement"] == 0
+    assert table.loc["good1", "gold_accuracy"] == 1 and table.loc["lazy", "gold_accuracy"] == 0
+    assert table.loc["lazy", "gold_n"] == 2 and table.loc["lazy", "gold_score_mae"] == 2.5
+    assert math.isnan(table.loc["good2", "gold_accuracy"])
+    assert table.loc["lazy", "outputs_rated"] == 4
