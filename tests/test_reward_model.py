@@ -544,3 +544,41 @@ def _shapes_triplets(folder: Path):
     pairs = [load_pair(ex, 32) for ex in src.examples]
     return (torch.stack([o for o, _ in pairs]), [ex.instruction for ex in src.examples],
             torch.stack([e for _, e in pairs]))  # fmt: skip
+
+
+# -- measuring a reward model (and the CLIP-score baseline) on edits ----------------------------
+
+
+def test_rank_metrics_count_only_pairs_whose_labels_differ_enough():
+    from train.reward_eval import rank_metrics
+
+    truth = np.array([5.0, 1.0, 4.5, np.nan])
+    pairs = np.array([[0, 1], [0, 2], [1, 2], [0, 3]])  # gaps 4, 0.5 (too small), 3.5, unknown
+    good = rank_metrics(np.array([3.0, 0.0, 2.0, 9.0]), truth, pairs)
+    assert good["pairs"] == 2 and good["pair_accuracy"] == 1.0
+    assert good["spearman"] == pytest.approx(1.0)
+    bad = rank_metrics(np.array([0.0, 3.0, 4.0, 9.0]), truth, pairs)
+    assert bad["pair_accuracy"] == 0.5  # (0, 1) wrong, (1, 2) right
+
+
+def test_clip_baseline_ranks_a_copy_as_best_preserved_and_without_direction(shapes_folder):
+    from data.shapes import load_split
+    from train.metrics import ClipConfig, ClipScorer
+    from train.reward_data import DataBuilder
+    from train.reward_eval import clip_baseline, clip_baseline_metrics
+
+    b = DataBuilder(32, tie_threshold=0.0)
+    for it in load_split(shapes_folder, "train")[:4]:
+        original = it.load("original")
+        b.triplet(f"{it.id}/copy", original, original, it.instruction, [0.0, 5.0, 5.0])
+        b.triplet(f"{it.id}/target", original, it.load("target"), it.instruction, [5.0, 3.0, 5.0])
+    b.pairs_from_scores()
+    data = b.build({})
+    scorer = ClipScorer(ClipConfig(model=str(SHAPES_CLIP)))
+    scores = clip_baseline(scorer, data, batch_size=3)  # batches that split the triplets
+    copies, targets = scores["preserving"][0::2], scores["preserving"][1::2]
+    assert np.allclose(copies, 1.0, atol=1e-5) and (targets < copies).all()
+    assert np.allclose(scores["following"][0::2], 0.0)  # no change, no direction
+    figures = clip_baseline_metrics(scorer, data)
+    assert set(figures) == {"following", "preserving"}  # CLIP has no quality perspective
+    assert figures["preserving"]["pairs"] == 4 and figures["preserving"]["pair_accuracy"] == 1.0

@@ -70,31 +70,84 @@ def reward_metrics(pred: RewardPrediction, data: RewardData) -> dict[str, dict[s
     """Per-perspective agreement of ``pred`` with ``data.scores`` (see the module docstring)."""
     mean, std = pred.mean.numpy(), pred.std.numpy()
     truth = data.scores.numpy()
-    pairs = data.pairs.numpy()
     out = {}
     for j, p in enumerate(PERSPECTIVES):
         t, m, s = truth[:, j], mean[:, j], std[:, j]
         ok = ~np.isnan(t)
         t, m, s = t[ok], m[ok], s[ok]
         err = np.abs(m - t)
-        res: dict[str, float] = {
+        out[p] = {
             "n": int(ok.sum()),
             "accuracy": float(np.mean((m >= YES) == (t >= YES))),
             "mae": float(err.mean()),
-            "spearman": float(spearmanr(m, t).statistic) if np.ptp(t) > 0 else float("nan"),
             "coverage_1sigma": float(np.mean(err <= s)),
             "coverage_2sigma": float(np.mean(err <= 2 * s)),
             "mean_std": float(s.mean()),
+            **rank_metrics(mean[:, j], truth[:, j], data.pairs.numpy()),
         }
-        if len(pairs):
-            ta, tb = truth[pairs[:, 0], j], truth[pairs[:, 1], j]
-            gap = np.abs(ta - tb) >= PAIR_GAP
-            ma, mb = mean[pairs[:, 0], j], mean[pairs[:, 1], j]
-            right = np.sign(ma - mb) == np.sign(ta - tb)
-            res["pairs"] = int(gap.sum())
-            res["pair_accuracy"] = float(right[gap].mean()) if gap.any() else float("nan")
-        out[p] = res
     return out
+
+
+def rank_metrics(score: np.ndarray, truth: np.ndarray, pairs: np.ndarray) -> dict[str, float]:
+    """The scale-free figures of one perspective: Spearman of ``score`` against ``truth`` and
+    the pair accuracy (the better-labelled edit of a pair scores higher; NaN labels skipped)."""
+    ok = ~np.isnan(truth)
+    t, m = truth[ok], score[ok]
+    res: dict[str, float] = {
+        "spearman": float(spearmanr(m, t).statistic) if np.ptp(t) > 0 else float("nan")
+    }
+    if len(pairs):
+        ta, tb = truth[pairs[:, 0]], truth[pairs[:, 1]]
+        gap = np.abs(ta - tb) >= PAIR_GAP  # False where a label is NaN
+        ma, mb = score[pairs[:, 0]], score[pairs[:, 1]]
+        right = np.sign(ma - mb) == np.sign(ta - tb)
+        res["pairs"] = int(gap.sum())
+        res["pair_accuracy"] = float(right[gap].mean()) if gap.any() else float("nan")
+    return res
+
+
+# -- a CLIP-score baseline --------------------------------------------------------------------
+
+CLIP_BASELINE = {
+    "following": "cos(normalise(img(edited) - img(original)), text(instruction))",
+    "preserving": "cos(img(original), img(edited))",
+}
+
+
+def clip_baseline(scorer: Any, data: RewardData, batch_size: int = 512) -> dict[str, np.ndarray]:
+    """What CLIP alone says about each triplet, without a target (as a judge sees it): the
+    direction score for following and the image similarity for preserving. CLIP has no
+    perspective for generation quality, so the baseline gives none. ``scorer`` is a
+    :class:`train.metrics.ClipScorer`."""
+    from PIL import Image
+
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        pil = [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in images]
+        return scorer.image_embeddings(pil)
+
+    t = data.triplets
+    originals, edits = [], []
+    for i in range(0, len(data), batch_size):
+        rows = t[i : i + batch_size]
+        originals.append(embed(data.images[rows[:, 0]]))
+        edits.append(embed(data.images[rows[:, 1]]))
+    o, e = torch.cat(originals), torch.cat(edits)
+    text = scorer.text_embeddings(data.instructions)[t[:, 2]]
+    direction = torch.nn.functional.normalize(e - o, dim=-1, eps=1e-8)
+    return {
+        "following": (direction * text).sum(-1).numpy().astype(np.float64),
+        "preserving": (o * e).sum(-1).numpy().astype(np.float64),
+    }
+
+
+def clip_baseline_metrics(scorer: Any, data: RewardData) -> dict[str, dict[str, float]]:
+    scores = clip_baseline(scorer, data)
+    truth, pairs = data.scores.numpy(), data.pairs.numpy()
+    return {
+        p: {"n": int((~np.isnan(truth[:, j])).sum()), **rank_metrics(scores[p], truth[:, j], pairs)}
+        for j, p in enumerate(PERSPECTIVES)
+        if p in scores
+    }
 
 
 def evaluate_model(model: EditRewardModel, data: RewardData) -> dict[str, Any]:
@@ -149,12 +202,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", required=True, help="a python -m train.evaluate store (store.db)")
     ap.add_argument("--truth", default="shapes-oracle-v1", help="the judge model of the labels")
     ap.add_argument("--systems", default="", help="comma-separated systems (default: all)")
+    ap.add_argument(
+        "--clip",
+        default="",
+        help="also score a CLIP-score baseline with this "
+        "CLIP folder (following: direction score; preserving: image similarity)",
+    )
     ap.add_argument("--out", default="", help="write the figures as JSON here")
     args = ap.parse_args(argv)
     model = EditRewardModel.from_pretrained(args.model).eval()
     systems = [s for s in args.systems.split(",") if s] or None
     data = store_outputs(args.store, args.truth, systems, model.config.image_size)
     result = {"outputs": len(data), "pairs": len(data.pairs), **evaluate_model(model, data)}
+    if args.clip:
+        from train.metrics import ClipConfig, ClipScorer
+
+        scorer = ClipScorer(ClipConfig(model=args.clip))
+        result["clip_baseline"] = {
+            "definition": CLIP_BASELINE,
+            "perspectives": clip_baseline_metrics(scorer, data),
+        }
     text = json.dumps(result, indent=1)
     if args.out:
         Path(args.out).write_text(text)
