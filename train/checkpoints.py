@@ -27,6 +27,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from train.config import TrainConfig, resume_mismatches
+
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 MANIFEST = "files.json"
 
@@ -136,6 +138,27 @@ def resolve_resume(output_dir: str | Path, spec: str) -> Path | None:
     if problem is not None:
         raise ValueError(f"cannot resume from {path}: {problem}. Pass 'latest' or another one.")
     return path
+
+
+def resume_point(output_dir: Path, config: TrainConfig) -> Path | None:
+    """The checkpoint a run continues from, or None for a fresh run; refused with the reason when a fresh run would mix with the checkpoints already
+    in ``output_dir``, or when the checkpoint's run-defining settings differ."""
+    resume = resolve_resume(output_dir, config.resume_from_checkpoint)
+    if resume is None and list_checkpoints(output_dir):
+        raise ValueError(
+            f"{output_dir} already holds checkpoints of a run; pass --resume_from_checkpoint "
+            "latest to continue it, or choose a new output_dir (a fresh run would mix with them)."
+        )
+    if resume is None:
+        return None
+    diff = resume_mismatches(TrainConfig.load(resume / "config.yaml"), config)
+    if diff:
+        raise ValueError(
+            f"Cannot continue exactly from {resume}: settings that define the run changed ("
+            + "; ".join(diff)
+            + "). Use the checkpoint's settings, or start a new output_dir."
+        )
+    return resume
 
 
 def save_checkpoint(accelerator: Any, output_dir: Path, step: int, config: Any, info: dict) -> Path:

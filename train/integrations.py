@@ -9,10 +9,14 @@ packages is a requirement of the project.
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
 
 
 def _installed(name: str) -> bool:
@@ -96,6 +100,38 @@ def make_optimizer(cfg: Any, params: list[torch.nn.Parameter], lr: float) -> tor
 def tracker(cfg: Any) -> str | None:
     """accelerate's log_with for report_to."""
     return None if cfg.report_to == "none" else cfg.report_to
+
+
+def make_accelerator(cfg: Any) -> Accelerator:
+    """The run's Accelerator: mixed precision, the tracker, logs in ``<run_dir>/logs``."""
+    out = cfg.run_dir
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        log_with=tracker(cfg),
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+    )
+    _warn_single_cpu_process(accelerator)
+    return accelerator
+
+
+def _warn_single_cpu_process(accelerator: Accelerator) -> None:
+    """``accelerate launch --cpu --num_processes N`` starts ONE process unless MPI is used."""
+    launched = os.environ.get("MASTER_ADDR") and os.environ.get("ACCELERATE_USE_CPU")
+    if accelerator.is_main_process and launched and accelerator.num_processes == 1:
+        print(
+            "Note: this is a single process. accelerate's --cpu launcher starts several CPU "
+            "processes only through MPI (--mpirun_hostfile); without MPI use "
+            "'ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N -m train ...' "
+            "(torchrun + gloo). See docs/training.md."
+        )
+
+
+def tracker_hparams(cfg: Any) -> dict[str, Any]:
+    """The run's settings as hyper-parameters: TensorBoard accepts only scalars and strings."""
+    return {
+        k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+        for k, v in cfg.to_dict().items()
+    }
 
 
 def log_validation_grid(

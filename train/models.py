@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -63,6 +64,21 @@ class Models:
     @property
     def native_resolution(self) -> int:
         return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    def training_resolution(self, requested: int) -> int:
+        """``requested`` (0: the UNet's native size), checked against the VAE's factor."""
+        resolution = requested or self.native_resolution
+        if resolution % self.vae_scale_factor:
+            raise ValueError(
+                f"resolution {resolution} is not a multiple of the VAE factor "
+                f"{self.vae_scale_factor}."
+            )
+        return resolution
+
+    def reward_text_mode(self, default: str) -> str:
+        """The reward module's text mode (an MRC model's own), else ``default``."""
+        rm = self.reward_module
+        return rm.config.text_mode if rm is not None else default
 
     def trained_module(self, stage: int) -> torch.nn.Module:
         """What the optimizer sees: the VAE (stage 0), the UNet (stage 1) or MRCUNet."""
@@ -428,6 +444,26 @@ def set_trainable(models: Models, stage: int, trainable: str) -> list[torch.nn.P
     return params
 
 
+def move_frozen(
+    modules: list[torch.nn.Module], device: Any, dtype: torch.dtype
+) -> list[dict[str, torch.Tensor]]:
+    """Move the frozen encoders to ``device`` in ``dtype``; returns copies of their float32
+    weights when ``dtype`` is a half precision, for :func:`restore_float32` before export."""
+    saved = []
+    if dtype != torch.float32:
+        saved = [{k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for m in modules]
+    for m in modules:  # nn.Module.to: no diffusers dtype warning
+        torch.nn.Module.to(m, device=device, dtype=dtype)
+    return saved
+
+
+def restore_float32(modules: list[torch.nn.Module], saved: list[dict[str, torch.Tensor]]) -> None:
+    """The exported pipeline holds the frozen encoders' float32 weights unchanged."""
+    for m, weights in zip(modules, saved):
+        torch.nn.Module.to(m, dtype=torch.float32)
+        m.load_state_dict(weights)
+
+
 @torch.no_grad()
 def calibrate_scaling_factor(vae: Any, pixels: torch.Tensor) -> float:
     """SD's recipe: ``scaling_factor = 1 / std`` of the latents of training images, so that the
@@ -463,8 +499,11 @@ def build_pipeline(models: Models, mrc_unet: MRCUNet | None = None):
     return pipe
 
 
-def export_pipeline(models: Models, path: str | Path) -> Path:
-    """Save the trained pipeline folder (see module docstring for the two layouts)."""
+def export_pipeline(
+    models: Models, path: str | Path, config: Any = None, report: dict | None = None
+) -> Path:
+    """Save the trained pipeline folder (see module docstring for the two layouts), with the
+    run's settings (``training_config.yaml``) and data report (``training_data.json``)."""
     path = Path(path)
     if models.reward_module is None:
         from diffusers import StableDiffusionInstructPix2PixPipeline
@@ -482,4 +521,8 @@ def export_pipeline(models: Models, path: str | Path) -> Path:
     else:
         pipe = build_pipeline(models)
     pipe.save_pretrained(path)
+    if config is not None:
+        config.save(path / "training_config.yaml")
+    if report is not None:
+        (path / "training_data.json").write_text(json.dumps(report, indent=1, default=str))
     return path
