@@ -56,6 +56,7 @@ def test_migrations_upgrade_an_older_database_and_reopening_is_fine(tmp_path):
         "0002_benchmark",
         "0003_ratings",
         "0004_label_seconds",
+        "0005_campaign_trust",
     ]
     assert store.get_user("ann")["role"] == "annotator"  # old data kept
     with pytest.raises(StoreError, match="password hash of user 'ann' is unreadable"):
@@ -64,7 +65,7 @@ def test_migrations_upgrade_an_older_database_and_reopening_is_fine(tmp_path):
     again = Store(path)
     assert again.migrations == store.migrations
     with again.db() as db:
-        assert db["_sqlite_migrations"].count == 4
+        assert db["_sqlite_migrations"].count == 5
 
 
 def test_the_keepalive_keeps_the_wal_until_the_store_is_closed(tmp_path):
@@ -106,7 +107,7 @@ def test_concurrent_opening_migrates_once(tmp_path):
         t.join()
     assert errors == []
     with Store(path).db() as db:
-        assert db["_sqlite_migrations"].count == 4
+        assert db["_sqlite_migrations"].count == 5
 
 
 # -- triplets and images ----------------------------------------------------------------------

@@ -47,7 +47,10 @@ API (all on :class:`Store`)
                  ``.verdicts(...)``
     Ratings      ``.assign_ratings(rater, items, *, seed)``, ``.next_assignment(rater)``,
                  ``.add_rating(assignment_id, *, rater, scores_a, scores_b, preference,
-                 seconds)``, ``.skip_assignment``, ``.ratings(...)``
+                 seconds)``, ``.skip_assignment``, ``.ratings(...)``; gold pairs
+                 ``.add_gold_item(item_id, better, worse, *, source, better_scores,
+                 worse_scores)``, ``.gold_items()``; ``.exclude_rater(rater, *, by, reason)``,
+                 ``.include_rater``, ``.excluded_raters()``, ``.exclusion_log()``
     Users        ``.add_user(name, role, password)``, ``.get_user``, ``.list_users``,
                  ``.set_password``, ``.set_role``, ``.set_active``, ``.verify_password``
 

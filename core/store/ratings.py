@@ -10,6 +10,12 @@ preference ``A`` / ``B`` / ``tie`` / ``both_bad`` for pairs, and the seconds spe
 refers to systems, not sides (the interface maps the clicked side through ``a_side``). Each
 assignment gets at most one rating; ``ratings`` is append-only; the view ``ratings_full``
 joins both tables for analysis.
+
+Trust (issue #14, point 4): a *gold item* is a pair of images for one item with a known answer
+(``better`` is preferred; known scores optional); a gold assignment (``gold_id``) shows it like
+any pair. Each assignment records the ``mode`` it was made in: ``team`` or ``local`` (the
+studio's single-user mode, kept out of the team's tables). Raters can be excluded from the
+result tables and included again (``rater_exclusions``, an append-only log).
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from .base import StoreBase, fetch_one, now, require_row, require_text
 from .errors import ConflictError, StoreInputError
 from .schema import PREFERENCES
 
-_ASSIGNMENT_ARGS = {"item_id", "system_a", "output_a", "system_b", "output_b"}
+_ASSIGNMENT_ARGS = {"item_id", "system_a", "output_a", "system_b", "output_b", "gold_id"}
+MODES = ("team", "local")
 
 
 def _scores(scores: Mapping[str, Any] | None, prefix: str) -> dict[str, Any]:
@@ -49,12 +56,21 @@ def _side(seed: int, rater: str, a: Mapping[str, Any]) -> str:
 
 class RatingsMixin(StoreBase):
     def assign_ratings(
-        self, rater: str, items: Iterable[Mapping[str, Any]], *, seed: int = 0
+        self,
+        rater: str,
+        items: Iterable[Mapping[str, Any]],
+        *,
+        seed: int = 0,
+        mode: str = "team",
     ) -> list[int]:
         """Create assignments for ``rater``; each item: ``item_id``, ``system_a``, ``output_a``
-        and optionally ``system_b``, ``output_b``. Re-assigning the same (rater, item, systems)
-        returns the existing assignment. Returns ids in input order."""
+        and optionally ``system_b``, ``output_b``, or a ``gold_id`` (a gold pair: the outputs
+        stay empty). ``mode`` is ``team`` or ``local`` (single-user mode). Re-assigning the
+        same (rater, item, systems) returns the existing assignment. Returns ids in input
+        order."""
         require_text(rater, "rater")
+        if mode not in MODES:
+            raise StoreInputError(f"mode must be one of {', '.join(MODES)}; got {mode!r}.")
         items = list(items)
         for i, a in enumerate(items):
             if not isinstance(a, Mapping) or set(a) - _ASSIGNMENT_ARGS:
@@ -85,13 +101,21 @@ class RatingsMixin(StoreBase):
                     ids.append(found[0])
                     continue
                 require_row(db, "triplets", "id", a["item_id"], "benchmark item (triplet)")
+                if a.get("gold_id") is not None:
+                    gold = require_row(db, "gold_items", "id", a["gold_id"], "gold item")
+                    if gold["item_id"] != a["item_id"]:
+                        raise StoreInputError(
+                            f"gold item {a['gold_id']} belongs to item {gold['item_id']!r}, "
+                            f"not {a['item_id']!r}."
+                        )
                 for out in ("output_a", "output_b"):
                     if a.get(out) is not None:
                         require_row(db, "run_outputs", "id", a[out], "run output")
                 ids.append(
                     db.conn.execute(
                         "INSERT INTO rating_assignments (rater, item_id, system_a, output_a, "
-                        "system_b, output_b, a_side, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "system_b, output_b, a_side, created_at, gold_id, mode) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [
                             rater,
                             a["item_id"],
@@ -101,6 +125,8 @@ class RatingsMixin(StoreBase):
                             a.get("output_b"),
                             _side(seed, rater, a),
                             at,
+                            a.get("gold_id"),
+                            mode,
                         ],
                     ).lastrowid
                 )
@@ -190,3 +216,86 @@ class RatingsMixin(StoreBase):
             return list(
                 db.query(sql + " ORDER BY id", [v for v in filters.values() if v is not None])
             )
+
+    # -- gold items ----------------------------------------------------------------------------
+    def add_gold_item(
+        self,
+        item_id: str,
+        better: Any,
+        worse: Any,
+        *,
+        source: str,
+        better_scores: Mapping[str, Any] | None = None,
+        worse_scores: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Store a gold pair for ``item_id``: ``better`` is the known preference over ``worse``
+        (images: anything :meth:`put_image` takes), with the known scores if any. Adding the
+        same pair again returns its id."""
+        require_text(source, "source")
+        cols = {**_scores(better_scores, "better_"), **_scores(worse_scores, "worse_")}
+        better_hash, worse_hash = self._image_ref(better), self._image_ref(worse)
+        if better_hash == worse_hash:
+            raise StoreInputError("a gold pair needs two different images; both are the same.")
+        with self.transaction() as db:
+            require_row(db, "triplets", "id", item_id, "benchmark item (triplet)")
+            found = db.execute(
+                "SELECT id FROM gold_items WHERE item_id = ? AND better = ? AND worse = ?",
+                [item_id, better_hash, worse_hash],
+            ).fetchone()
+            if found:
+                return found[0]
+            return db.conn.execute(
+                f"INSERT INTO gold_items (item_id, better, worse, {', '.join(cols)}, source, "
+                f"created_at) VALUES ({', '.join('?' * (len(cols) + 5))})",
+                [item_id, better_hash, worse_hash, *cols.values(), source, now()],
+            ).lastrowid
+
+    def _image_ref(self, src: Any) -> str:
+        """The hash of a stored image given by its hash, else :meth:`put_image` of ``src``."""
+        if isinstance(src, str) and len(src) == 64 and self.image_path(src).exists():
+            return src
+        return self.put_image(src)
+
+    def gold_items(self) -> list[dict[str, Any]]:
+        """Every gold pair, oldest first."""
+        with self.db() as db:
+            return list(db.query("SELECT * FROM gold_items ORDER BY id"))
+
+    # -- excluding raters from the results -----------------------------------------------------
+    def _log_exclusion(self, rater: str, action: str, by: str, reason: str) -> None:
+        require_text(rater, "rater")
+        require_text(by, "by")
+        with self.transaction() as db:
+            require_row(db, "users", "name", rater, "user")
+            admin = require_row(db, "users", "name", by, "user")
+            if admin["role"] != "admin" or not admin["active"]:
+                raise StoreInputError(
+                    f"only an active admin may exclude or include raters; {by!r} is not one."
+                )
+            db.conn.execute(
+                "INSERT INTO rater_exclusions (rater, action, by_user, reason, at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [rater, action, by, reason or "", now()],
+            )
+
+    def exclude_rater(self, rater: str, *, by: str, reason: str = "") -> None:
+        """Leave ``rater``'s ratings out of the result tables (reversible, logged)."""
+        self._log_exclusion(rater, "exclude", by, reason)
+
+    def include_rater(self, rater: str, *, by: str, reason: str = "") -> None:
+        """Count ``rater``'s ratings in the result tables again (logged)."""
+        self._log_exclusion(rater, "include", by, reason)
+
+    def excluded_raters(self) -> dict[str, dict[str, Any]]:
+        """Rater -> their newest exclusion row, for raters excluded now."""
+        with self.db() as db:
+            rows = db.query(
+                "SELECT * FROM rater_exclusions WHERE id IN "
+                "(SELECT max(id) FROM rater_exclusions GROUP BY rater) AND action = 'exclude'"
+            )
+            return {r["rater"]: r for r in rows}
+
+    def exclusion_log(self) -> list[dict[str, Any]]:
+        """Every exclusion and inclusion, oldest first."""
+        with self.db() as db:
+            return list(db.query("SELECT * FROM rater_exclusions ORDER BY id"))

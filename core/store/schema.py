@@ -3,7 +3,7 @@
 Each migration is a list of SQL statements applied in one transaction together with its row
 in ``_sqlite_migrations``; :meth:`Store.__init__` applies the pending ones under ``BEGIN
 IMMEDIATE``, so two processes opening an old database at the same time cannot both migrate
-it. Never edit a migration that has shipped: append a new one (``0005_...``).
+it. Never edit a migration that has shipped: append a new one (``0006_...``).
 
 Conventions: timestamps are ISO-8601 UTC strings with microseconds (they sort as text);
 JSON columns are TEXT checked with ``json_valid``; the three perspectives are stored as
@@ -260,6 +260,54 @@ _migration(
     ],
 )
 
+_migration(
+    "0005_campaign_trust",
+    [
+        # Gold pairs: two images for one benchmark item whose answer is known (e.g. the exact
+        # Shapes target against a seeded corruption of it, scored by the Shapes oracle).
+        # ``better`` is the known preference; the scores are the known ones, if any.
+        f"""CREATE TABLE gold_items (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  item_id TEXT NOT NULL REFERENCES triplets(id),
+  better TEXT NOT NULL REFERENCES images(hash),
+  worse TEXT NOT NULL REFERENCES images(hash),
+  {_score_columns("better_", with_text=False)},
+  {_score_columns("worse_", with_text=False)},
+  source TEXT NOT NULL CHECK (length(trim(source)) > 0),
+  created_at TEXT NOT NULL,
+  CHECK (better != worse),
+  UNIQUE (item_id, better, worse)
+)""",
+        # A gold assignment shows a gold pair (system_a is its better side, output ids NULL).
+        "ALTER TABLE rating_assignments ADD COLUMN gold_id INTEGER REFERENCES gold_items(id)",
+        # 'local': made in the studio's local single-user mode, kept out of the team's tables.
+        "ALTER TABLE rating_assignments ADD COLUMN mode TEXT NOT NULL DEFAULT 'team' "
+        "CHECK (mode IN ('team', 'local'))",
+        # Before this migration, local-mode ratings were those of the studio's built-in
+        # single-user identity (studio.auth.LOCAL_USER), which can never log in to a served
+        # studio: flag them.
+        "UPDATE rating_assignments SET mode = 'local' WHERE rater = 'local'",
+        # Exclusions of raters from the result tables, as an append-only log: a rater is
+        # excluded while their newest row says so; including them again appends a row.
+        """CREATE TABLE rater_exclusions (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  rater TEXT NOT NULL REFERENCES users(name),
+  action TEXT NOT NULL CHECK (action IN ('exclude', 'include')),
+  by_user TEXT NOT NULL REFERENCES users(name),
+  reason TEXT NOT NULL DEFAULT '',
+  at TEXT NOT NULL
+)""",
+        "CREATE INDEX rater_exclusions_rater ON rater_exclusions(rater, id)",
+        *_append_only("rater_exclusions"),
+        "DROP VIEW ratings_full",
+        """CREATE VIEW ratings_full AS
+SELECT r.id, r.assignment_id, a.rater, a.item_id, a.system_a, a.output_a, a.system_b,
+       a.output_b, a.a_side, r.a_following, r.a_preserving, r.a_quality, r.b_following,
+       r.b_preserving, r.b_quality, r.preference, r.seconds, r.created_at, a.gold_id, a.mode
+FROM ratings r JOIN rating_assignments a ON a.id = r.assignment_id""",
+    ],
+)
+
 TABLES = (
     "images",
     "triplets",
@@ -272,4 +320,6 @@ TABLES = (
     "verdicts",
     "rating_assignments",
     "ratings",
+    "gold_items",
+    "rater_exclusions",
 )
