@@ -15,23 +15,21 @@ into two things the UNet consumes:
   *reward encoder* (eq. 2): one BERT-style cross-attention layer right after ``conv_in`` whose
   queries are the latent pixels, added back onto the latent as a residual.
 
-C0 is the width of the UNet's first block, T its time-embedding width and D the text encoder's
-width; all come from configs (:meth:`MultiRewardCondition.from_unet_config`), nothing is tied to
-SD 1.5. At SD 1.5 sizes (320 / 1280 / 768) the parameters are exactly the authors' (same names,
-same shapes), so their stage-2 UNet imports key for key (``core.authors_import``).
+C0 (the UNet's first block width), T (its time-embedding width) and D (the text encoder's) come
+from configs (:meth:`MultiRewardCondition.from_unet_config`). At SD 1.5 sizes (320 / 1280 / 768)
+the parameters are the authors' (same names and shapes): their UNet imports key for key
+(``core.authors_import``). Two additions over the release:
 
-Two additions over the release:
-
-* **Identity initialisation.** The last layers of both time-embedding MLPs (``add_embedding.
-  linear_2``, ``text_linear2``) and the reward encoder's ``proj_deal.proj_out`` start at zero, so
-  a freshly added module leaves a pretrained InstructPix2Pix UNet's output exactly unchanged; the
-  ControlNet "zero convolution" trick. Training then moves away from the stock model smoothly.
-* **A learned null reward** (``null_tokens`` (2, C0), ``null_time`` (T)) that replaces the
-  reward's tokens and time term where ``drop_mask`` is set. Trained with reward dropout it makes
+* **Identity initialisation.** ``add_embedding.linear_2``, ``text_linear2`` and
+  ``proj_deal.proj_out`` start at zero (ControlNet's "zero convolution"), so a freshly added
+  module leaves a pretrained InstructPix2Pix UNet's output exactly unchanged.
+* **A learned null reward** (``null_tokens`` (2, C0), ``null_time`` (T)) replaces the reward's
+  tokens and time term where ``drop_mask`` is set: with reward dropout in training, it makes
   classifier-free guidance over rewards possible (``reward_guidance_scale`` in the pipeline).
 
 The reward text embedding is an input, not computed inside: the text encoder is the pipeline's
-frozen one, and a trainer can precompute and cache :func:`encode_reward_text` outputs.
+frozen one, and a trainer can precompute and cache :func:`~core.text_encoding.encode_reward_text`
+outputs. The reward encoder's BERT layer is :mod:`core.reward_encoder`.
 """
 
 from __future__ import annotations
@@ -41,166 +39,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from core.rewards import PERSPECTIVES, Rewards
-
-TEXT_SEPARATOR = "; "  # the authors join the three failure texts with "; " (dataset.py)
-TEXT_MODES = ("pooled", "sequence")
-
-
-# -- the reward condition handed to the UNet ---------------------------------------------------
-
-
-@dataclass
-class RewardCondition:
-    """What the UNet receives: ``time_emb`` (B, T) is added to the time embedding, ``tokens``
-    (B, N, C0) are the keys/values of the reward encoder (N = 2 for pooled reward text)."""
-
-    time_emb: torch.Tensor  # (B, T)
-    tokens: torch.Tensor  # (B, N, C0)
-
-    @property
-    def batch_size(self) -> int:
-        return self.time_emb.shape[0]
-
-    @classmethod
-    def cat(cls, parts: Sequence[RewardCondition]) -> RewardCondition:
-        """Concatenate along the batch, e.g. the guidance branches [r, r, r, null]."""
-        return cls(torch.cat([p.time_emb for p in parts]), torch.cat([p.tokens for p in parts]))
-
-    def repeat_interleave(self, repeats: int) -> RewardCondition:
-        return RewardCondition(
-            self.time_emb.repeat_interleave(repeats, dim=0),
-            self.tokens.repeat_interleave(repeats, dim=0),
-        )
-
-    def to(self, *args: Any, **kwargs: Any) -> RewardCondition:
-        return RewardCondition(self.time_emb.to(*args, **kwargs), self.tokens.to(*args, **kwargs))
-
-
-# -- the reward encoder: BERT-style cross-attention layer (authors' names) ---------------------
-
-
-class _CrossSelfAttention(nn.Module):
-    """Multi-head attention, queries from the latent pixels, keys/values from the reward tokens."""
-
-    def __init__(self, dim: int, num_heads: int, dropout: float):
-        super().__init__()
-        self.num_heads, self.dropout = num_heads, dropout
-        self.query = nn.Linear(dim, dim)
-        self.key = nn.Linear(dim, dim)
-        self.value = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        """The textbook form: context (B, HW, C) = softmax(q k^T / sqrt(d)) v per head."""
-        b, lq, c = x.shape  # x (B, HW, C), kv (B, N, C)
-        h = self.num_heads
-        q = self.query(x).view(b, lq, h, c // h).transpose(1, 2)  # (B, h, HW, C/h)
-        k = self.key(kv).view(b, -1, h, c // h).transpose(1, 2)  # (B, h, N, C/h)
-        v = self.value(kv).view(b, -1, h, c // h).transpose(1, 2)
-        p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
-        return out.transpose(1, 2).reshape(b, lq, c)
-
-
-class _DenseNorm(nn.Module):
-    """``LayerNorm(dropout(dense(x)) + residual)``: BERT's post-norm output sublayer."""
-
-    def __init__(self, dim_in: int, dim: int, eps: float, dropout: float):
-        super().__init__()
-        self.dense = nn.Linear(dim_in, dim)
-        self.LayerNorm = nn.LayerNorm(dim, eps=eps)  # noqa: N815 -- the authors' key name
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
-
-
-class _CrossAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, eps: float, attn_dropout: float, dropout: float):
-        super().__init__()
-        self.self = _CrossSelfAttention(dim, num_heads, attn_dropout)
-        self.output = _DenseNorm(dim, dim, eps, dropout)
-
-    def forward(self, x: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        """``LayerNorm(dense(attention(x, kv)) + x)``, x (B, HW, C), kv (B, N, C)."""
-        h, n, c = self.self.num_heads, kv.shape[1], x.shape[2]
-        if n * h <= c:  # few reward tokens: the folded form below does fewer FLOPs
-            return self._folded(x, kv)
-        return self.output(self.self(x, kv), x)
-
-    def _folded(self, x: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        """The same function with the per-pixel query and output projections folded into the
-        (tiny) keys and values: O(HW * C * N * heads) instead of O(HW * C^2).
-
-        score[p, n, h] = (Wq_h x_p + bq_h) . k_nh / sqrt(d)  =  x_p . K'_nh + b'_nh
-        dense(ctx)_p   = sum_nh prob[p, n, h] (Wd_h v_nh) + bd  =  prob_p . V'' + bd
-        """
-        sa, out = self.self, self.output
-        b, lq, c = x.shape
-        h, n = sa.num_heads, kv.shape[1]
-        d = c // h
-        k = sa.key(kv).view(b, n, h, d) * d**-0.5  # (B, N, h, d), scaled
-        v = sa.value(kv).view(b, n, h, d)
-        k_x = torch.einsum("bnhd,hdc->bnhc", k, sa.query.weight.view(h, d, c))  # (B, N, h, C)
-        k_b = torch.einsum("bnhd,hd->bnh", k, sa.query.bias.view(h, d))  # (B, N, h)
-        v_o = torch.einsum("bnhd,chd->bnhc", v, out.dense.weight.view(c, h, d))  # (B, N, h, C)
-        # scores (B, N*h, HW): pixels innermost, so the softmax over N is vectorised over them
-        scores = torch.baddbmm(k_b.reshape(b, n * h, 1), k_x.reshape(b, n * h, c), x.mT)
-        prob = scores.view(b, n, h * lq).float().softmax(dim=1).to(x.dtype)
-        if self.training and sa.dropout:
-            prob = F.dropout(prob, sa.dropout)
-        prob = prob.view(b, n * h, lq).mT  # (B, HW, N*h)
-        attn = torch.baddbmm(out.dense.bias, prob, v_o.reshape(b, n * h, c))  # (B, HW, C)
-        return out.LayerNorm(out.dropout(attn) + x)  # (B, HW, C)
-
-
-class _Intermediate(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.dense = nn.Linear(dim, hidden)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(self.dense(x))  # exact (erf) GELU, as the authors' BERT layer
-
-
-class BertCrossLayer(nn.Module):
-    """One transformer encoder block whose attention is cross-attention (``ca.*`` keys)."""
-
-    def __init__(
-        self, dim: int, num_heads: int, hidden: int, eps: float, attn_dropout: float, dropout: float
-    ):
-        super().__init__()
-        self.attention = _CrossAttention(dim, num_heads, eps, attn_dropout, dropout)
-        self.hidden_intermediate = _Intermediate(dim, hidden)
-        self.output = _DenseNorm(hidden, dim, eps, dropout)
-
-    def forward(self, x: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        a = self.attention(x, kv)  # (B, HW, C)
-        return self.output(self.hidden_intermediate(a), a)
-
-
-class RewardProjection(nn.Module):
-    """``proj_deal``: GroupNorm + 1x1 conv into token space, and the 1x1 conv back out."""
-
-    def __init__(self, channels: int, groups: int, eps: float):
-        super().__init__()
-        self.norm = nn.GroupNorm(groups, channels, eps=eps, affine=True)
-        self.proj_in = nn.Conv2d(channels, channels, kernel_size=1)
-        self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
-
-
-# -- the module --------------------------------------------------------------------------------
-
-
-def largest_divisor_at_most(n: int, limit: int) -> int:
-    """The largest d <= limit dividing n (GroupNorm groups / attention heads for odd widths)."""
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+from core.reward_encoder import (
+    BertCrossLayer,
+    RewardProjection,
+    largest_divisor_at_most,
+    reward_encoder_residual,
+)
+from core.text_encoding import TEXT_MODES, TEXT_SEPARATOR, encode_reward_text, join_reward_texts
 
 
 class MultiRewardCondition(ModelMixin, ConfigMixin):
@@ -236,16 +86,6 @@ class MultiRewardCondition(ModelMixin, ConfigMixin):
         super().__init__()
         if text_mode not in TEXT_MODES:
             raise ValueError(f"text_mode must be one of {TEXT_MODES}, got {text_mode!r}.")
-        if block_channels % num_heads:
-            raise ValueError(
-                f"block_channels ({block_channels}) must be divisible by num_heads ({num_heads}); "
-                "use MultiRewardCondition.from_unet_config to pick a valid head count."
-            )
-        if block_channels % norm_num_groups:
-            raise ValueError(
-                f"block_channels ({block_channels}) must be divisible by norm_num_groups "
-                f"({norm_num_groups})."
-            )
         c0, t, d = block_channels, time_embed_dim, text_embed_dim
         s = num_scores * score_embed_dim
         self.add_time_proj = Timesteps(score_embed_dim, flip_sin_to_cos, freq_shift)  # no params
@@ -254,14 +94,8 @@ class MultiRewardCondition(ModelMixin, ConfigMixin):
         self.text_linear = nn.Linear(d, c0)  # the text token
         self.text_linear2 = nn.Linear(d, t)  # into the time embedding
         self.proj_deal = RewardProjection(c0, norm_num_groups, norm_eps)
-        self.ca = BertCrossLayer(
-            c0,
-            num_heads,
-            intermediate_size or c0,
-            layer_norm_eps,
-            attention_dropout,
-            hidden_dropout,
-        )
+        dropout = (attention_dropout, hidden_dropout)
+        self.ca = BertCrossLayer(c0, num_heads, intermediate_size or c0, layer_norm_eps, *dropout)
         # The learned null reward: replaces [score token, text token(s)] and the time term.
         self.null_tokens = nn.Parameter(torch.randn(2, c0) * 0.02)
         self.null_time = nn.Parameter(torch.zeros(t))
@@ -287,8 +121,7 @@ class MultiRewardCondition(ModelMixin, ConfigMixin):
             num_heads=largest_divisor_at_most(c0, 8),
             norm_num_groups=largest_divisor_at_most(c0, 32),
         )
-        kw.update(overrides)
-        return cls(**kw)
+        return cls(**(kw | overrides))
 
     @torch.no_grad()
     def zero_output_layers(self) -> None:
@@ -320,10 +153,9 @@ class MultiRewardCondition(ModelMixin, ConfigMixin):
         drop_mask: optional (B,) bool; True puts the learned null reward in that sample's place
             (reward dropout in training, the null branch of reward guidance).
         """
-        if scores.ndim != 2 or scores.shape[1] != self.config.num_scores:
-            raise ValueError(
-                f"scores must have shape (batch, {self.config.num_scores}), got {tuple(scores.shape)}."
-            )
+        n = self.config.num_scores
+        if scores.ndim != 2 or scores.shape[1] != n:
+            raise ValueError(f"scores must have shape (batch, {n}), got {tuple(scores.shape)}.")
         b = scores.shape[0]
         want_ndim = 2 if self.config.text_mode == "pooled" else 3
         if text_embeds.ndim != want_ndim or text_embeds.shape[-1] != self.config.text_embed_dim:
@@ -373,74 +205,49 @@ class MultiRewardCondition(ModelMixin, ConfigMixin):
         tokens = self._null_tokens(1 + num_text_tokens, dtype)[None].expand(batch_size, -1, -1)
         return RewardCondition(self.null_time[None].expand(batch_size, -1), tokens)
 
-    # -- the reward encoder (applied to the conv_in output) ----------------------------------
+    # -- the reward encoder (applied to the conv_in output) -----------------------------------
     def reward_encoder(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """hidden (B, C0, H, W), tokens (B, N, C0) -> hidden + proj_out(CA(proj_in(norm(hidden))))."""
-        b, c, h, w = hidden.shape
-        pd = self.proj_deal
-        x = pd.norm(hidden).permute(0, 2, 3, 1).reshape(b, h * w, c)  # (B, HW, C0)
-        # The 1x1 convolutions as linear layers on the token layout: no NCHW round trips.
-        x = F.linear(x, pd.proj_in.weight.view(c, c), pd.proj_in.bias)
-        x = self.ca(x, tokens.to(x.dtype))  # (B, HW, C0)
-        x = F.linear(x, pd.proj_out.weight.view(c, c), pd.proj_out.bias)
-        return hidden + x.view(b, h, w, c).permute(0, 3, 1, 2)  # (B, C0, H, W)
+        return reward_encoder_residual(self.proj_deal, self.ca, hidden, tokens)
 
 
-# -- reward text -> embedding (the frozen text encoder is the pipeline's) ----------------------
+@dataclass
+class RewardCondition:
+    """What the UNet receives: ``time_emb`` (B, T) is added to the time embedding, ``tokens``
+    (B, N, C0) are the keys/values of the reward encoder (N = 2 for pooled reward text)."""
 
+    time_emb: torch.Tensor  # (B, T)
+    tokens: torch.Tensor  # (B, N, C0)
 
-def join_reward_texts(texts: Sequence[str] | Rewards, empty_text: str = "") -> str:
-    """Three failure texts -> ``"t_f; t_p; t_q"``, with ``empty_text`` standing in for empty ones."""
-    if isinstance(texts, Rewards):
-        texts = texts.texts
-    if isinstance(texts, str) or len(texts) != len(PERSPECTIVES):
-        raise ValueError(
-            f"reward_text must be three strings (following, preserving, quality), got {texts!r}."
+    @property
+    def batch_size(self) -> int:
+        return self.time_emb.shape[0]
+
+    @classmethod
+    def cat(cls, parts: Sequence[RewardCondition]) -> RewardCondition:
+        """Concatenate along the batch, e.g. the guidance branches [r, r, r, null]."""
+        return cls(torch.cat([p.time_emb for p in parts]), torch.cat([p.tokens for p in parts]))
+
+    def repeat_interleave(self, repeats: int) -> RewardCondition:
+        return RewardCondition(
+            self.time_emb.repeat_interleave(repeats, dim=0),
+            self.tokens.repeat_interleave(repeats, dim=0),
         )
-    for name, t in zip(PERSPECTIVES, texts):
-        if not isinstance(t, str):
-            raise ValueError(f"reward_text[{name}] must be a string, got {type(t).__name__}.")
-    return TEXT_SEPARATOR.join(t if t.strip() else empty_text for t in texts)
 
-
-@torch.no_grad()
-def encode_reward_text(
-    texts: Sequence[Sequence[str] | Rewards | str],
-    tokenizer: Any,
-    text_encoder: Any,
-    mode: str = "pooled",
-    empty_text: str = "",
-) -> torch.Tensor:
-    """Failure texts -> (B, D) pooled or (B, L, D) sequence embeddings from the frozen encoder.
-
-    Each item is a triple of texts, a :class:`Rewards`, or an already joined string. Tokenised
-    like prompts (padded/truncated to ``tokenizer.model_max_length``); the pooled output is
-    CLIP's ``pooler_output``, as in the authors' evaluation (``text_encoder(ids)[1]``).
-    """
-    if mode not in TEXT_MODES:
-        raise ValueError(f"mode must be one of {TEXT_MODES}, got {mode!r}.")
-    joined = [t if isinstance(t, str) else join_reward_texts(t, empty_text) for t in texts]
-    device = text_encoder.device
-    ids = tokenizer(
-        joined,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids.to(device)
-    out = text_encoder(ids)
-    return out.pooler_output if mode == "pooled" else out.last_hidden_state
+    def to(self, *args: Any, **kwargs: Any) -> RewardCondition:
+        return RewardCondition(self.time_emb.to(*args, **kwargs), self.tokens.to(*args, **kwargs))
 
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = [
+__all__ = [  # the reward encoder's layers and the reward-text functions are re-exported
     "BertCrossLayer",
     "MultiRewardCondition",
     "RewardCondition",
     "RewardProjection",
+    "TEXT_MODES",
     "TEXT_SEPARATOR",
     "count_parameters",
     "encode_reward_text",

@@ -44,12 +44,7 @@ from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from core.instructions import warn_truncated
-from core.mrc import (
-    MultiRewardCondition,
-    RewardCondition,
-    encode_reward_text,
-    join_reward_texts,
-)
+from core.mrc import MultiRewardCondition, RewardCondition
 from core.mrc_unet import MRCUNet, check_compatible
 from core.pipeline_inputs import (
     OUTPUT_TYPES,
@@ -60,6 +55,7 @@ from core.pipeline_inputs import (
     normalize_prompts,
     normalize_rewards,
 )
+from core.text_encoding import encode_reward_text, encode_text, join_reward_texts
 
 SCHEDULERS = {
     "euler": EulerDiscreteScheduler,
@@ -190,14 +186,7 @@ class MRCInstructPix2PixPipeline(DiffusionPipeline, StableDiffusionMixin):
         joined = [join_reward_texts(r.texts, cfg.empty_text) for r in requests]
         strings = list(dict.fromkeys([*prompts, *(negatives or []), *joined]))
         row = {s: i for i, s in enumerate(strings)}
-        ids = self.tokenizer(
-            strings,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        out = self.text_encoder(ids.to(device))
+        out = encode_text(strings, self.tokenizer, self.text_encoder, device)
         hidden = out.last_hidden_state  # (S, L, D)
         reward_src = out.pooler_output if cfg.text_mode == "pooled" else hidden
 

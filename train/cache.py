@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.mrc import encode_reward_text, join_reward_texts
+from core.text_encoding import encode_reward_text, encode_text, join_reward_texts
 from train.datasets import BadDataLog, BadItem, EditExample, scan
 
 CACHE_VERSION = 1
@@ -83,14 +83,8 @@ class FrozenEncoders:
     @torch.no_grad()
     def texts(self, prompts: Sequence[str]) -> torch.Tensor:
         """Instructions -> (B, L, D) last hidden states, tokenised as the pipeline does."""
-        ids = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
-        return self.text_encoder(ids)[0].float()
+        out = encode_text(prompts, self.tokenizer, self.text_encoder, self.device)
+        return out.last_hidden_state.float()
 
     @torch.no_grad()
     def reward_texts(self, joined: Sequence[str]) -> torch.Tensor:
