@@ -1,7 +1,8 @@
 """Tab 3, Human evaluation: blind side-by-side rating and (for admins) the results.
 
 Events (``api_name``): ``rate_next``, ``rate_submit``, ``rate_skip`` for raters;
-``rate_configure``, ``results``, ``results_export`` for admins.
+``rate_configure``, ``rate_add_gold``, ``results``, ``results_exclude``, ``results_include``,
+``results_export`` for admins.
 
 Nothing a rater receives names a system: the images come from
 :class:`~studio.media.NeutralImages`, the page text is the instruction and the progress, and
@@ -19,6 +20,7 @@ import gradio as gr
 from core.rewards import PERSPECTIVES, TITLES
 from studio.auth import CAN_RATE, CAN_SEE_RESULTS
 from studio.context import StudioContext, bind, user_errors, username
+from studio.gold import add_shapes_gold
 from studio.rating import SIDE_PREFERENCES, BlindRating, Evaluation, results
 
 SCORES = ["0", "1", "2", "3", "4", "5"]
@@ -99,8 +101,12 @@ def rate_submit(ctx: StudioContext, state, l_f, l_p, l_q, r_f, r_p, r_q, prefere
     right = {p: _score(v, f"the right image's {TITLES[p].lower()}")
              for p, v in zip(PERSPECTIVES, (r_f, r_p, r_q))}  # fmt: skip
     seconds = max(0.0, time.monotonic() - state["shown_at"])
-    _rating(ctx).submit(rater, state["assignment"], left, right, preference or None, seconds)
-    return _pair_outputs(ctx, rater, "Rating saved.")
+    rating = _rating(ctx)
+    rating.submit(rater, state["assignment"], left, right, preference or None, seconds)
+    message = "Rating saved."
+    if rating.evaluation.reveal:  # arena style, a campaign setting (off by default)
+        message += " " + rating.reveal(rater, state["assignment"])
+    return _pair_outputs(ctx, rater, message)
 
 
 @user_errors
@@ -120,20 +126,41 @@ def _admin(ctx: StudioContext, request: gr.Request) -> str:
 
 
 @user_errors
-def rate_configure(ctx: StudioContext, system_a: str, system_b: str, overlap, request: gr.Request):
-    """Compare two runs with ``overlap`` raters per item (admins only)."""
+def rate_configure(ctx: StudioContext, system_a: str, system_b: str, overlap, gold_percent,
+                   reveal, request: gr.Request):  # fmt: skip
+    """Compare two runs with ``overlap`` raters per item, ``gold_percent`` % gold pairs and,
+    if ``reveal``, the systems named after each vote (admins only)."""
     _admin(ctx, request)
     if not system_a or not system_b:
         raise gr.Error("Choose two runs to compare.", print_exception=False)
     try:
-        evaluation = Evaluation(system_a, system_b, overlap=int(overlap or 0))
+        evaluation = Evaluation(system_a, system_b, overlap=int(overlap or 0),
+                                gold_share=float(gold_percent or 0) / 100, reveal=bool(reveal))  # fmt: skip
         ctx.rating = BlindRating(ctx.store, evaluation, ctx.media)
     except ValueError as e:
         raise gr.Error(str(e), print_exception=False) from e
+    gold = len(ctx.store.gold_items())
     return (
         f"Raters now compare **{system_a}** with **{system_b}** on "
-        f"{len(ctx.rating.items)} items, {evaluation.overlap} raters per item."
+        f"{len(ctx.rating.items)} items, {evaluation.overlap} raters per item; "
+        f"{evaluation.gold_share:.0%} of the pairs are gold pairs ({gold} in the store); "
+        f"systems {'are' if evaluation.reveal else 'are not'} revealed after each vote."
     )
+
+
+@user_errors
+def rate_add_gold(ctx: StudioContext, request: gr.Request):
+    """Add a gold pair for every Shapes benchmark item (admins only)."""
+    _admin(ctx, request)
+    ids = add_shapes_gold(ctx.store)
+    total = len(ctx.store.gold_items())
+    if not ids:
+        raise gr.Error(
+            "No Shapes benchmark item with a target and its scene could be made into a gold "
+            "pair; gold pairs can also be added with Store.add_gold_item.",
+            print_exception=False,
+        )
+    return f"{len(ids)} Shapes gold pairs are ready ({total} gold pairs in the store)."
 
 
 @user_errors
@@ -149,9 +176,40 @@ def show_results(ctx: StudioContext, request: gr.Request):
             f"{len(report.ratings) // len(PERSPECTIVES)} rated outputs, "
             f"{len(report.preferences)} preferences. Means with 95% bootstrap intervals over items."
         )
+    excluded = sorted(report.raters.loc[report.raters["excluded"], "rater"])
+    local = int((report.raters["mode"] != "team").sum())
+    if excluded:
+        note += f" Excluded from these tables: {', '.join(excluded)}."
+    if local:
+        note += " Ratings made in local single-user mode are counted apart (below)."
     rounded = [t.round(3) for t in (report.win_rates, report.bradley_terry, report.alpha,
-                                    report.judge_agreement)]  # fmt: skip
-    return (note, report.scores_wide, *rounded)
+                                    report.judge_agreement, report.raters)]  # fmt: skip
+    raters = gr.update(choices=list(report.raters["rater"]))
+    return (note, report.scores_wide, *rounded, report.local_scores, raters)
+
+
+def _set_exclusion(ctx: StudioContext, rater: str, reason: str, exclude: bool,
+                   request: gr.Request):  # fmt: skip
+    admin = _admin(ctx, request)
+    if not rater:
+        raise gr.Error("Choose a rater first.", print_exception=False)
+    if exclude:
+        ctx.store.exclude_rater(rater, by=admin, reason=reason or "")
+    else:
+        ctx.store.include_rater(rater, by=admin, reason=reason or "")
+    return show_results(ctx, request)
+
+
+@user_errors
+def exclude_rater(ctx: StudioContext, rater: str, reason: str, request: gr.Request):
+    """Leave a rater out of the result tables (admins only; reversible, logged)."""
+    return _set_exclusion(ctx, rater, reason, True, request)
+
+
+@user_errors
+def include_rater(ctx: StudioContext, rater: str, reason: str, request: gr.Request):
+    """Count an excluded rater in the result tables again (admins only)."""
+    return _set_exclusion(ctx, rater, reason, False, request)
 
 
 @user_errors
@@ -166,7 +224,7 @@ def admin_setup(ctx: StudioContext, request: gr.Request) -> tuple:
     is_admin = ctx.access.role_of(username(request)) in CAN_SEE_RESULTS
     if not is_admin:
         hidden = gr.update(visible=False)
-        return hidden, hidden, gr.update(choices=[]), gr.update(choices=[])
+        return hidden, hidden, gr.update(choices=[]), gr.update(choices=[]), 0, False
     runs = [r["name"] for r in ctx.store.list_runs()]
     ev = ctx.rating.evaluation if ctx.rating else None
     return (
@@ -174,6 +232,8 @@ def admin_setup(ctx: StudioContext, request: gr.Request) -> tuple:
         gr.update(visible=True),
         gr.update(choices=runs, value=ev.system_a if ev else None),
         gr.update(choices=runs, value=ev.system_b if ev else None),
+        round(100 * ev.gold_share) if ev else 0,
+        ev.reveal if ev else False,
     )
 
 
@@ -209,7 +269,14 @@ def build_rate_tab(ctx: StudioContext) -> list[Any]:
             run_a = gr.Dropdown([], label="System A (run)")
             run_b = gr.Dropdown([], label="System B (run)")
             overlap = gr.Number(3, label="Raters per item (k)", precision=0, minimum=1)
-        configure = gr.Button("Use these systems")
+        with gr.Row():
+            gold_percent = gr.Number(0, label="Gold pairs (% of pairs, known answers)",
+                                     minimum=0, maximum=100, elem_id="rate-gold-percent")  # fmt: skip
+            reveal = gr.Checkbox(False, label="Reveal the systems after each vote (arena style)",
+                                 elem_id="rate-reveal")  # fmt: skip
+        with gr.Row():
+            configure = gr.Button("Use these systems", elem_id="rate-configure")
+            add_gold = gr.Button("Add Shapes gold pairs", elem_id="rate-add-gold")
         setup_status = gr.Markdown()
     with gr.Accordion(
         "Results (admin)", open=False, visible=False, elem_id="results-box"
@@ -224,6 +291,19 @@ def build_rate_tab(ctx: StudioContext) -> list[Any]:
             label="Krippendorff's alpha (interval) per perspective", interactive=False
         )
         agreement = gr.Dataframe(label="Judge vs. humans on the same outputs", interactive=False)
+        raters = gr.Dataframe(
+            label="Raters: agreement with gold answers and with the other raters",
+            interactive=False, elem_id="results-raters",
+        )  # fmt: skip
+        with gr.Row():
+            rater = gr.Dropdown([], label="Rater", elem_id="results-rater")
+            reason = gr.Textbox(label="Reason (logged)", elem_id="results-reason")
+            exclude = gr.Button("Exclude from the tables", elem_id="results-exclude")
+            include = gr.Button("Include again", elem_id="results-include")
+        local = gr.Dataframe(
+            label="Local single-user mode ratings (not in the tables above)",
+            interactive=False, elem_id="results-local",
+        )  # fmt: skip
         export = gr.Button("Export results as CSV")
         files = gr.File(label="Results CSV", file_count="multiple", interactive=False)
 
@@ -239,9 +319,16 @@ def build_rate_tab(ctx: StudioContext) -> list[Any]:
     submit.click(bind(rate_submit, ctx), [state, *side_radios, preference], outputs,
                  api_name="rate_submit", **quiet)  # fmt: skip
     skip.click(bind(rate_skip, ctx), [state], outputs, api_name="rate_skip", **quiet)
-    configure.click(bind(rate_configure, ctx), [run_a, run_b, overlap], [setup_status],
-                    api_name="rate_configure", **quiet)  # fmt: skip
-    refresh.click(bind(show_results, ctx), None, [note, scores, wins, bt, alpha, agreement],
-                  api_name="results", show_progress="minimal")  # fmt: skip
+    configure.click(bind(rate_configure, ctx), [run_a, run_b, overlap, gold_percent, reveal],
+                    [setup_status], api_name="rate_configure", **quiet)  # fmt: skip
+    add_gold.click(bind(rate_add_gold, ctx), None, [setup_status], api_name="rate_add_gold",
+                   show_progress="minimal")  # fmt: skip
+    tables = [note, scores, wins, bt, alpha, agreement, raters, local, rater]
+    refresh.click(bind(show_results, ctx), None, tables, api_name="results",
+                  show_progress="minimal")  # fmt: skip
+    exclude.click(bind(exclude_rater, ctx), [rater, reason], tables, api_name="results_exclude",
+                  show_progress="minimal")  # fmt: skip
+    include.click(bind(include_rater, ctx), [rater, reason], tables, api_name="results_include",
+                  show_progress="minimal")  # fmt: skip
     export.click(bind(export_results, ctx), None, [files], api_name="results_export")
-    return [setup, results_box, run_a, run_b]
+    return [setup, results_box, run_a, run_b, gold_percent, reveal]

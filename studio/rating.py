@@ -16,6 +16,13 @@ one modification time, so no header or file property tells the systems apart; st
 carry no metadata) plus an opaque assignment number. The mapping from sides back to systems happens
 here, on the server, at submission. The rater comes from the login session, and the store
 refuses a rating for an assignment that belongs to someone else.
+
+Trust (docs/studio.md, "Results a team can trust"): with ``gold_share`` > 0 a rater's next pair
+is, with that probability, a *gold pair* (:mod:`studio.gold`: two images with a known answer),
+shown exactly like a real pair and counted in the rater's progress; gold answers only feed the
+per-rater table. Ratings made in local single-user mode (the built-in ``local`` user) are
+stored with ``mode = 'local'`` and kept out of the team's tables; excluded raters
+(``Store.exclude_rater``) too.
 """
 
 from __future__ import annotations
@@ -25,22 +32,29 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from core.rewards import PERSPECTIVES
-from core.store import ConflictError, Store, StoreInputError
-from studio.media import NeutralImages
-from studio.results import (
+from core.stats import (
+    GOLD_COLUMNS,
     JUDGE_COLUMNS,
     PREFERENCE_COLUMNS,
     RATING_COLUMNS,
     ResultsConfig,
     ResultsReport,
     build_report,
-    judge_agreement,
+    judge_human_agreement,
+    rater_agreement,
+    score_table,
+    score_table_wide,
 )
+from core.store import ConflictError, Store, StoreInputError
+from studio.auth import LOCAL_USER
+from studio.media import NeutralImages
 
 SIDE_PREFERENCES = {"left": None, "right": None, "tie": "tie", "both bad": "both_bad"}
+GOLD_BETTER, GOLD_WORSE = "gold:better", "gold:worse"  # system names of gold assignments
 
 
 @dataclass(frozen=True)
@@ -51,8 +65,12 @@ class Evaluation:
     system_b: str  # run name (never shown to raters)
     overlap: int = 3  # k: raters per item
     seed: int = 0  # left/right draw and per-rater item order
+    gold_share: float = 0.0  # chance that a rater's next pair is a gold pair (known answer)
+    reveal: bool = False  # after each vote, tell the rater which system was on which side
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.gold_share <= 1.0:
+            raise ValueError(f"gold_share must be between 0 and 1, got {self.gold_share}.")
         if self.system_a == self.system_b:
             raise ValueError("an evaluation compares two different runs; both are the same.")
         if self.overlap < 1:
@@ -101,17 +119,56 @@ class BlindRating:
             [ev.system_a, ev.system_b],
         ).fetchall()
 
+    # A rater's work in this evaluation: its pairs and any gold pair.
+    _MINE = "rater = ? AND ((system_a = ? AND system_b = ?) OR gold_id IS NOT NULL)"
+
     def _pending(self, rater: str) -> dict[str, Any] | None:
         ev = self.evaluation
         with self.store.db() as db:
             rows = list(
                 db.query(
-                    "SELECT * FROM rating_assignments WHERE rater = ? AND status = 'pending' "
-                    "AND system_a = ? AND system_b = ? ORDER BY id LIMIT 1",
+                    f"SELECT * FROM rating_assignments WHERE {self._MINE} "
+                    "AND status = 'pending' ORDER BY id LIMIT 1",
                     [rater, ev.system_a, ev.system_b],
                 )
             )
         return rows[0] if rows else None
+
+    @staticmethod
+    def mode(rater: str) -> str:
+        """``local`` for the single-user mode's built-in user, else ``team``."""
+        return "local" if rater == LOCAL_USER else "team"
+
+    def _gold_turn(self, rater: str) -> bool:
+        """Whether the rater's next pair is a gold one: a seeded draw per rater and pair."""
+        if self.evaluation.gold_share <= 0:
+            return False
+        _, assigned = self.counts(rater)
+        draw = random.Random(f"{self.evaluation.seed}|{rater}|gold|{assigned}").random()
+        return draw < self.evaluation.gold_share
+
+    def _allocate_gold(self, rater: str) -> dict[str, Any] | None:
+        """Assign a gold pair the rater has not seen (one per benchmark item), if any."""
+        with self.store.db() as db:
+            seen = {
+                r[0]
+                for r in db.execute(
+                    "SELECT item_id FROM rating_assignments WHERE rater = ? AND gold_id IS NOT NULL",
+                    [rater],
+                ).fetchall()
+            }
+        fresh = [g for g in self.store.gold_items() if g["item_id"] not in seen]
+        if not fresh:
+            return None
+        gold = random.Random(f"{self.evaluation.seed}|{rater}|gold").choice(fresh)
+        self.store.assign_ratings(
+            rater,
+            [{"item_id": gold["item_id"], "system_a": GOLD_BETTER, "system_b": GOLD_WORSE,
+              "gold_id": gold["id"]}],
+            seed=self.evaluation.seed,
+            mode=self.mode(rater),
+        )  # fmt: skip
+        return self._pending(rater)
 
     def _allocate(self, rater: str) -> dict[str, Any] | None:
         ev = self.evaluation
@@ -126,7 +183,11 @@ class BlindRating:
                 live[item] = live.get(item, 0) + 1
         open_items = [i for i in self.items if i not in mine and live.get(i, 0) < ev.overlap]
         if not open_items:
-            return None
+            return None  # gold pairs only ever come between real ones
+        if self._gold_turn(rater):
+            gold = self._allocate_gold(rater)
+            if gold is not None:
+                return gold
         order = list(self.items)
         random.Random(f"{ev.seed}|{rater}").shuffle(order)
         rank = {item: n for n, item in enumerate(order)}
@@ -137,6 +198,7 @@ class BlindRating:
             [{"item_id": item, "system_a": ev.system_a, "output_a": out_a,
               "system_b": ev.system_b, "output_b": out_b}],
             seed=ev.seed,
+            mode=self.mode(rater),
         )  # fmt: skip
         return self._pending(rater)
 
@@ -148,15 +210,21 @@ class BlindRating:
             return None
         return self._present(rater, row)
 
+    def _images(self, row: dict[str, Any]) -> tuple[str, str]:
+        """The image hashes of system A and B (a gold pair: its better and worse image)."""
+        with self.store.db() as db:
+            if row["gold_id"] is not None:
+                return db.execute(
+                    "SELECT better, worse FROM gold_items WHERE id = ?", [row["gold_id"]]
+                ).fetchone()
+            return tuple(
+                db.execute("SELECT image FROM run_outputs WHERE id = ?", [out]).fetchone()[0]
+                for out in (row["output_a"], row["output_b"])
+            )
+
     def _present(self, rater: str, row: dict[str, Any]) -> BlindPair:
         triplet = self.store.get_triplet(row["item_id"])
-        images = {}
-        with self.store.db() as db:
-            for out in (row["output_a"], row["output_b"]):
-                images[out] = db.execute(
-                    "SELECT image FROM run_outputs WHERE id = ?", [out]
-                ).fetchone()[0]
-        a, b = images[row["output_a"]], images[row["output_b"]]
+        a, b = self._images(row)
         left, right = (a, b) if row["a_side"] == "L" else (b, a)
         done, assigned = self.counts(rater)
         original, left, right = self.media.blind(
@@ -176,8 +244,7 @@ class BlindRating:
         ev = self.evaluation
         with self.store.db() as db:
             done, total = db.execute(
-                "SELECT sum(status = 'done'), count(*) FROM rating_assignments "
-                "WHERE rater = ? AND system_a = ? AND system_b = ?",
+                f"SELECT sum(status = 'done'), count(*) FROM rating_assignments WHERE {self._MINE}",
                 [rater, ev.system_a, ev.system_b],
             ).fetchone()
         return int(done or 0), int(total)
@@ -220,11 +287,11 @@ class BlindRating:
                 raise StoreInputError(f"give the {side} image a score for {', '.join(missing)}.")
         with self.store.db() as db:
             row = db.execute(
-                "SELECT a_side, system_a, system_b FROM rating_assignments WHERE id = ?",
+                "SELECT a_side, system_a, system_b, gold_id FROM rating_assignments WHERE id = ?",
                 [assignment_id],
             ).fetchone()
         ev = self.evaluation
-        if row is None or (row[1], row[2]) != (ev.system_a, ev.system_b):
+        if row is None or (row[3] is None and (row[1], row[2]) != (ev.system_a, ev.system_b)):
             raise ConflictError(f"assignment {assignment_id} is not part of this evaluation.")
         a_is_left = row[0] == "L"
         scores_a, scores_b = (left, right) if a_is_left else (right, left)
@@ -243,15 +310,42 @@ class BlindRating:
     def skip(self, rater: str, assignment_id: int) -> None:
         self.store.skip_assignment(assignment_id, rater)
 
+    def reveal(self, rater: str, assignment_id: int) -> str:
+        """After a vote, with ``reveal`` on: which system was on which side (Markdown)."""
+        with self.store.db() as db:
+            row = fetch_assignment(db, assignment_id)
+        if row is None or row["rater"] != rater or row["status"] != "done":
+            raise ConflictError(f"assignment {assignment_id} is not a finished rating of yours.")
+        if row["gold_id"] is not None:
+            side = "left" if row["a_side"] == "L" else "right"
+            return f"That was a check pair with a known answer: the better image was on the {side}."
+        names = display_names(self.store)
+        a, b = (
+            names.get(row["system_a"], row["system_a"]),
+            names.get(row["system_b"], row["system_b"]),
+        )
+        left, right = (a, b) if row["a_side"] == "L" else (b, a)
+        return f"Left was **{left}**, right was **{right}**."
+
+
+def fetch_assignment(db: Any, assignment_id: int) -> dict[str, Any] | None:
+    rows = list(db.query("SELECT * FROM rating_assignments WHERE id = ?", [assignment_id]))
+    return rows[0] if rows else None
+
 
 # -- results ---------------------------------------------------------------------------------
 
 
-def ratings_frames(store: Store) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every stored rating as the long ``ratings`` and ``preferences`` frames of results.py."""
+def ratings_frames(
+    store: Store, rows: list[dict[str, Any]] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Ratings as the long ``ratings`` and ``preferences`` frames of :mod:`core.stats`: the
+    given ``store.ratings()`` rows, by default every team rating of a real pair."""
+    if rows is None:
+        rows = [r for r in store.ratings() if r["gold_id"] is None and r["mode"] == "team"]
     scores, prefs = [], []
     outcome = {"A": "a", "B": "b", "tie": "tie", "both_bad": "both_bad"}
-    for r in store.ratings():
+    for r in rows:
         for side, system in (("a", r["system_a"]), ("b", r["system_b"])):
             if system is None:
                 continue
@@ -266,6 +360,25 @@ def ratings_frames(store: Store) -> tuple[pd.DataFrame, pd.DataFrame]:
         pd.DataFrame(scores, columns=list(RATING_COLUMNS)),
         pd.DataFrame(prefs, columns=list(PREFERENCE_COLUMNS)),
     )
+
+
+def gold_frame(store: Store, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The raters' answers to gold pairs: their outcome against the known one (``a``: the
+    better image) and the mean absolute error of their scores against the known scores."""
+    gold = {g["id"]: g for g in store.gold_items()}
+    outcome = {"A": "a", "B": "b", "tie": "tie", "both_bad": "both_bad", None: None}
+    answers = []
+    for r in rows:
+        g = gold[r["gold_id"]]
+        errors = [
+            abs(r[f"{side}_{p}"] - g[f"{known}_{p}"])
+            for side, known in (("a", "better"), ("b", "worse"))
+            for p in PERSPECTIVES
+            if r[f"{side}_{p}"] is not None and g[f"{known}_{p}"] is not None
+        ]
+        error = float(np.mean(errors)) if errors else float("nan")
+        answers.append((r["rater"], r["gold_id"], outcome[r["preference"]], "a", error))
+    return pd.DataFrame(answers, columns=list(GOLD_COLUMNS))
 
 
 def judge_frame(store: Store, systems: set[str]) -> pd.DataFrame:
@@ -291,23 +404,53 @@ def display_names(store: Store) -> dict[str, str]:
     return {k: (v if taken.count(v) == 1 else k) for k, v in short.items()}
 
 
-def results(store: Store, config: ResultsConfig = ResultsConfig()) -> ResultsReport:
-    """The full human-evaluation report over every rating in the store (for admins).
+def _rater_table(
+    table: pd.DataFrame, rows: list[dict[str, Any]], excluded: dict[str, dict[str, Any]]
+) -> pd.DataFrame:
+    """:func:`core.stats.rater_agreement`'s table with each rater's mode(s) and exclusion."""
+    modes: dict[str, set[str]] = {}
+    for r in rows:
+        modes.setdefault(r["rater"], set()).add(r["mode"])
+    table = table.copy()
+    table.insert(1, "mode", [" + ".join(sorted(modes.get(r, {"team"}))) for r in table["rater"]])
+    table.insert(2, "excluded", [r in excluded for r in table["rater"]])
+    table["exclusion_reason"] = [excluded.get(r, {}).get("reason", "") for r in table["rater"]]
+    return table
 
-    Systems appear under :func:`display_names`; judge agreement is reported per judge (model
-    and prompt version).
+
+def results(
+    store: Store, config: ResultsConfig = ResultsConfig(), *, include_local: bool = False
+) -> ResultsReport:
+    """The full human-evaluation report (for admins).
+
+    The system tables count team ratings of real pairs by raters who are not excluded
+    (``include_local`` adds local single-user ratings). The per-rater table covers every rater,
+    local and excluded ones included (flagged), with their gold answers; ``local_scores`` is
+    Table 3 over the local-mode ratings alone. Systems appear under :func:`display_names`;
+    judge agreement is reported per judge (model and prompt version).
     """
-    ratings, prefs = ratings_frames(store)
+    rows = store.ratings()
+    excluded = store.excluded_raters()
+    real = [r for r in rows if r["gold_id"] is None]
+    counted = [
+        r for r in real if (r["mode"] == "team" or include_local) and r["rater"] not in excluded
+    ]
+    ratings, prefs = ratings_frames(store, counted)
+    all_ratings, all_prefs = ratings_frames(store, real)
+    local_ratings, _ = ratings_frames(store, [r for r in real if r["mode"] == "local"])
+    gold = gold_frame(store, [r for r in rows if r["gold_id"] is not None])
     judges = judge_frame(store, set(ratings["system"]))
     names = display_names(store)
-    ratings["system"] = ratings["system"].map(lambda n: names.get(n, n))
+    for frame in (ratings, local_ratings, judges):
+        frame["system"] = frame["system"].map(lambda n: names.get(n, n))
     for col in ("system_a", "system_b"):
         prefs[col] = prefs[col].map(lambda n: names.get(n, n))
-    judges["system"] = judges["system"].map(lambda n: names.get(n, n))
     report = build_report(ratings, prefs, None, config)
+    report.raters = _rater_table(rater_agreement(all_ratings, all_prefs, gold), rows, excluded)
+    report.local_scores = score_table_wide(score_table(local_ratings, config))
     agreement = []
     for judge, frame in judges.groupby("judge", sort=True):
-        table = judge_agreement(ratings, frame[list(JUDGE_COLUMNS)], config)
+        table = judge_human_agreement(ratings, frame[list(JUDGE_COLUMNS)], config)
         agreement.append(table.assign(judge=judge))
     if agreement:
         table = pd.concat(agreement, ignore_index=True)

@@ -176,7 +176,7 @@ def test_blind_rating_round_trip_and_results(studio):
     stored_a = (row["a_following"], row["a_preserving"], row["a_quality"])
     assert stored_a == (left if a_left else right)
     assert row["preference"] == ("A" if a_left else "B")
-    note, scores, wins, bt, alpha, agreement = ada.predict(api_name="/results")
+    note, scores, wins, bt, alpha, agreement, raters, local, _ = ada.predict(api_name="/results")
     assert "1 raters" in note
     systems = {r[0] for r in scores["data"]}
     assert systems == {SYSTEM_A, SYSTEM_B}
