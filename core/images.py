@@ -1,6 +1,7 @@
 """Safe image I/O: the one place images enter MRC Studio.
 
-Every image that reaches the store, a judge or a model goes through :func:`load_image`, which
+Every image that reaches the store, a judge or a model goes through :func:`load_image` (a PIL
+image handed straight to the pipeline through :func:`to_rgb`, its conversion step), which
 turns "whatever the user had" into a plain 8-bit RGB ``PIL.Image`` or raises :class:`ImageError`
 with a sentence that says what is wrong with the input. The steps, in order:
 
@@ -24,9 +25,11 @@ with a sentence that says what is wrong with the input. The steps, in order:
    P                             palette lookup
    CMYK                          through the embedded ICC profile to sRGB when there is a
                                  readable one, else Pillow's plain CMYK -> RGB formula
-   I;16, I;16B, I;16L, I         16-bit: ``round(v * 255 / 65535)`` (0 -> 0, 65535 -> 255);
-                                 a 32-bit ``I`` image must hold values in [0, 65535]
-   F                             float: values must be in [0, 1], scaled by 255
+   I;16, I;16B, I;16L            16-bit: ``round(v * 255 / 65535)`` (0 -> 0, 65535 -> 255)
+   I (32-bit integers)           values in [0, 255] are 8-bit (as ``convert("I")`` of an L
+                                 image holds them) and kept; else 16-bit, scaled as above;
+                                 values outside [0, 65535] are refused
+   F (32-bit floats)             values in [0, 1] are scaled by 255; else as ``I`` (rounded)
    ============================  ============================================================
 
    Other colour profiles (e.g. Display P3) are ignored and RGB values are read as sRGB, as in
@@ -118,7 +121,7 @@ def load_image(
             raise ImageError(f"{label} is corrupt: its header cannot be read ({e}).") from None
         _check_size(img.size, max_pixels, label)
         img = _decode(img, label)
-    return _to_rgb(img, label)
+    return to_rgb(img, label)
 
 
 def _read_bytes(src: Any, max_bytes: int, name: str | None) -> tuple[bytes, str]:
@@ -191,19 +194,18 @@ def _decode(img: Image.Image, label: str) -> Image.Image:
         raise ImageError(f"{label} has an unreadable EXIF orientation tag ({e}).") from None
 
 
-def _to_rgb(img: Image.Image, label: str) -> Image.Image:
+def to_rgb(img: Image.Image, label: str = "the image") -> Image.Image:
+    """Any PIL mode -> a new 8-bit RGB image without ``info``, as in the module docstring's
+    table (the one conversion of the project: :func:`load_image` and the pipeline's inputs).
+
+    Raises :class:`ImageError` (a ``ValueError``) naming ``label`` when the values of an
+    ``I`` or ``F`` image have no unambiguous 8-bit reading.
+    """
     mode = img.mode
-    if mode in _SIXTEEN_BIT_MODES or mode == "I":
-        a = np.asarray(img)
-        lo, hi = int(a.min()), int(a.max())
-        if lo < 0 or hi > 65535:
-            raise ImageError(
-                f"{label} is a 32-bit integer image with values in [{lo}, {hi}]; only 16-bit "
-                "data (0..65535) can be converted to 8 bit unambiguously."
-            )
-        out = _gray_to_rgb(_scale16(a))
-    elif mode == "F":
-        out = _gray_to_rgb(_scale_float(np.asarray(img), label))
+    if mode in _SIXTEEN_BIT_MODES:
+        out = _gray_to_rgb(_scale16(np.asarray(img)))
+    elif mode in ("I", "F"):
+        out = _gray_to_rgb(_scale_wide_gray(np.asarray(img), mode, label))
     elif mode in _ALPHA_MODES or "transparency" in img.info:
         out = _on_white(img.convert("RGBA"))
     elif mode == "CMYK":
@@ -224,6 +226,29 @@ def _to_rgb(img: Image.Image, label: str) -> Image.Image:
 def _scale16(a: np.ndarray) -> np.ndarray:
     """uint16-range integers -> uint8 with exact rounding of v * 255 / 65535."""
     return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _scale_wide_gray(a: np.ndarray, mode: str, label: str) -> np.ndarray:
+    """A 32-bit integer (I) or float (F) image -> uint8: floats in [0, 1] are scaled by 255;
+    values in [0, 255] are 8-bit already (Pillow's ``convert("I")`` / ``convert("F")`` of an
+    8-bit image); values up to 65535 are 16-bit and scaled by 255 / 65535."""
+    if not np.all(np.isfinite(a)):
+        raise ImageError(f"{label} contains NaN or infinite values.")
+    lo, hi = float(a.min()), float(a.max())
+    if lo < 0 or hi > 65535:
+        kind = "a 32-bit integer" if mode == "I" else "a float"
+        raise ImageError(
+            f"{label} is {kind} image (mode {mode}) with values in [{lo:g}, {hi:g}]; only 16-bit "
+            "(0..65535), 8-bit (0..255) or, for floats, [0, 1] data can be converted to 8 bit "
+            "unambiguously; convert it to RGB yourself so that the intended scaling is explicit."
+        )
+    if mode == "F" and hi <= 1.0:
+        return np.rint(a.astype(np.float64) * 255.0).astype(np.uint8)
+    if hi <= 255:
+        return np.rint(a.astype(np.float64)).astype(np.uint8)
+    if mode == "I":
+        return _scale16(a)
+    return np.rint(a.astype(np.float64) / 257.0).astype(np.uint8)  # 255 / 65535 = 1 / 257
 
 
 def _scale_float(a: np.ndarray, label: str) -> np.ndarray:

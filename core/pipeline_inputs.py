@@ -16,11 +16,11 @@ import numpy as np
 import PIL.Image
 import torch
 
+from core.images import to_rgb
 from core.instructions import check_instruction
 from core.rewards import PERSPECTIVES, Rewards, RewardValidationError, validate_score
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 @dataclass(frozen=True)
@@ -149,30 +149,6 @@ def check_positive_int(value: Any, name: str) -> int:
 # -- images ------------------------------------------------------------------------------------
 
 
-def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
-    """Any PIL mode -> RGB. Transparency is composited over white; 16-bit greyscale is scaled."""
-    if image.mode == "RGB":
-        return image
-    if image.mode.startswith("I;16"):
-        arr = np.asarray(image, dtype=np.float64) / 257.0
-        return PIL.Image.fromarray(np.round(arr).astype(np.uint8), "L").convert("RGB")
-    if image.mode in ("I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo < 0 or hi > 65535:
-            raise ValueError(
-                f"A mode-{image.mode} image has values in [{lo}, {hi}], which is not an 8- or "
-                "16-bit range; convert it to RGB yourself so the intended scaling is explicit."
-            )
-        scale = 257.0 if hi > 255 else 1.0
-        return PIL.Image.fromarray(np.round(arr / scale).astype(np.uint8), "L").convert("RGB")
-    if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return PIL.Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
 def _size_of(image: Any, where: str) -> tuple[int, int]:
     """(height, width) of a PIL image, an (H, W, C) array or a (C, H, W) tensor."""
     if isinstance(image, PIL.Image.Image):
@@ -240,7 +216,10 @@ def normalize_images(image: Any, batch_size: int, factor: int) -> tuple[list[Any
             f"The images round to different sizes {sorted(set(sizes))} (multiples of {factor}); "
             "resize them to one size, or call the pipeline once per size."
         )
-    images = [to_rgb(im) if isinstance(im, PIL.Image.Image) else im for im in images]
+    images = [
+        to_rgb(im, f"image[{i}]") if isinstance(im, PIL.Image.Image) else im
+        for i, im in enumerate(images)
+    ]
     return images, sizes[0]
 
 

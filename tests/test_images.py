@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from core.images import ImageError, cap_long_side, encode_png, image_hash, load_image
+from core.images import ImageError, cap_long_side, encode_png, image_hash, load_image, to_rgb
+from core.pipeline_inputs import normalize_images
 
 
 def _encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -199,6 +200,74 @@ def test_one_bit_grey_and_float_modes():
     f = Image.fromarray(np.full((2, 2), 0.5, np.float32))
     assert load_image(f).getpixel((0, 0)) == (128, 128, 128)
     assert load_image(np.ones((2, 2), bool)).getpixel((0, 0)) == (255, 255, 255)
+
+
+def _grey(values: list[float], mode: str) -> Image.Image:
+    dtype = {"I": np.int32, "F": np.float32, "I;16": np.uint16}[mode]
+    return Image.fromarray(np.array([values], dtype=dtype), mode=mode)
+
+
+def _cmyk_with_profile() -> Image.Image:
+    from PIL import ImageCms
+
+    img = Image.new("CMYK", (2, 1), (0, 255, 255, 0))
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    img.info["icc_profile"] = profile  # not a CMYK profile: unreadable for CMYK -> formula
+    return img
+
+
+def _palette_with_key() -> Image.Image:
+    p = Image.new("P", (2, 1), 1)
+    p.putpalette([10, 20, 30, 200, 0, 0])
+    p.info["transparency"] = 1
+    return p
+
+
+# mode -> (image, the red channel of its pixels after conversion)
+MODE_CASES = {
+    "RGB": (Image.new("RGB", (2, 1), (9, 8, 7)), [9, 9]),
+    "RGB colour key": (Image.new("RGB", (2, 1), (1, 2, 3)), [255, 255]),  # info set below
+    "RGBA": (Image.new("RGBA", (2, 1), (0, 0, 0, 0)), [255, 255]),
+    "LA": (Image.new("LA", (2, 1), (0, 255)), [0, 0]),
+    "L": (Image.new("L", (2, 1), 77), [77, 77]),
+    "1": (Image.new("1", (2, 1), 1), [255, 255]),
+    "P": (Image.new("P", (2, 1), 0), [0, 0]),
+    "P transparency": (_palette_with_key(), [255, 255]),
+    "CMYK": (Image.new("CMYK", (2, 1), (0, 255, 255, 0)), [255, 255]),
+    "CMYK unreadable profile": (_cmyk_with_profile(), [255, 255]),
+    "YCbCr": (Image.new("RGB", (2, 1), (200, 200, 200)).convert("YCbCr"), [200, 200]),
+    "I;16": (_grey([0, 65535], "I;16"), [0, 255]),
+    "I 8-bit values": (_grey([0, 200], "I"), [0, 200]),
+    "I 16-bit values": (_grey([128 * 257, 65535], "I"), [128, 255]),
+    "F in [0, 1]": (_grey([0.5, 1.0], "F"), [128, 255]),
+    "F 8-bit values": (_grey([77.0, 200.4], "F"), [77, 200]),
+    "F 16-bit values": (_grey([257.0, 65535.0], "F"), [1, 255]),
+}
+MODE_CASES["RGB colour key"][0].info["transparency"] = (1, 2, 3)
+
+
+@pytest.mark.parametrize("case", list(MODE_CASES))
+def test_one_rgb_conversion_for_loading_and_the_pipeline(case):
+    """load_image and the pipeline's inputs convert every mode the same way (core.images.to_rgb)."""
+    img, red = MODE_CASES[case]
+    loaded = load_image(img)
+    piped = normalize_images(img, 1, 1)[0][0]
+    for out in (to_rgb(img), loaded, piped):
+        assert out.mode == "RGB" and out.size == img.size and out is not img and not out.info
+        assert [out.getpixel((x, 0))[0] for x in range(2)] == red, case
+    assert np.array_equal(np.asarray(loaded), np.asarray(piped))
+
+
+@pytest.mark.parametrize(
+    "img",
+    [_grey([-1, 5], "I"), _grey([0, 70000], "I"), _grey([0.0, 70000.0], "F"),
+     _grey([-0.5, 0.5], "F"), _grey([0.0, float("nan")], "F")],
+)  # fmt: skip
+def test_ambiguous_wide_grey_values_are_refused_everywhere(img):
+    with pytest.raises(ImageError, match="NaN|only 16-bit"):
+        load_image(img)
+    with pytest.raises(ValueError, match=r"image\[0\] .*(NaN|only 16-bit)"):
+        normalize_images(img, 1, 1)
 
 
 def test_exif_orientation_is_applied():
