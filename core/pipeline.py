@@ -48,13 +48,13 @@ from core.mrc import MultiRewardCondition, RewardCondition
 from core.mrc_unet import MRCUNet, check_compatible
 from core.pipeline_inputs import (
     OUTPUT_TYPES,
-    RewardRequest,
     check_positive_int,
     check_scale,
     normalize_images,
     normalize_prompts,
     normalize_rewards,
 )
+from core.rewards import Rewards
 from core.text_encoding import encode_reward_text, encode_text, join_reward_texts
 
 SCHEDULERS = {
@@ -162,7 +162,7 @@ class MRCInstructPix2PixPipeline(DiffusionPipeline, StableDiffusionMixin):
 
     def encode_rewards(
         self,
-        requests: Sequence[RewardRequest],
+        requests: Sequence[Rewards],
         device: torch.device,
         text_embeds: torch.Tensor | None = None,
     ) -> RewardCondition:
@@ -177,7 +177,7 @@ class MRCInstructPix2PixPipeline(DiffusionPipeline, StableDiffusionMixin):
         self,
         prompts: list[str],
         negatives: list[str] | None,
-        requests: Sequence[RewardRequest],
+        requests: Sequence[Rewards],
         device: torch.device,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Instructions, negative instructions and joined reward texts in ONE text-encoder pass
@@ -234,7 +234,7 @@ class MRCInstructPix2PixPipeline(DiffusionPipeline, StableDiffusionMixin):
         callback_on_step_end_tensor_inputs,
         generator=None,
         latents=None,
-    ) -> tuple[list[str], list[str], list[Any], list[RewardRequest]]:
+    ) -> tuple[list[str], list[str], list[Any], list[Rewards]]:
         """Validate everything before any model runs; returns the normalised inputs."""
         prompts, negatives = normalize_prompts(prompt, negative_prompt)
         warn_truncated(self.tokenizer, prompts)

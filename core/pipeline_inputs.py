@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,14 +20,6 @@ from core.instructions import check_instruction
 from core.rewards import PERSPECTIVES, Rewards, RewardValidationError, validate_score
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-
-
-@dataclass(frozen=True)
-class RewardRequest:
-    """One prompt's requested reward: three scores and three failure texts."""
-
-    scores: tuple[float, float, float]
-    texts: tuple[str, str, str]
 
 
 def _is_number(x: Any) -> bool:
@@ -90,8 +81,8 @@ def _is_single_reward(value: Any) -> bool:
     return isinstance(value, Sequence) and all(_is_number(v) for v in value)
 
 
-def normalize_rewards(rewards: Any, reward_text: Any, batch_size: int) -> list[RewardRequest]:
-    """``rewards`` / ``reward_text`` as given to the pipeline -> one RewardRequest per prompt.
+def normalize_rewards(rewards: Any, reward_text: Any, batch_size: int) -> list[Rewards]:
+    """``rewards`` / ``reward_text`` as given to the pipeline -> one :class:`Rewards` per prompt.
 
     ``rewards``: a triple of scores, a :class:`Rewards`, or a list/tensor (B, 3) of those, one per
     prompt. ``reward_text``: None (no failure texts), three strings, or one triple per prompt.
@@ -129,7 +120,14 @@ def normalize_rewards(rewards: Any, reward_text: Any, batch_size: int) -> list[R
                 "pass three texts for all prompts or one triple per prompt."
             )
         texts = [_one_text(t, f"reward_text[{i}]") for i, t in enumerate(reward_text)]
-    return [RewardRequest(s, t) for (s, _), t in zip(parsed, texts)]  # type: ignore[arg-type]
+    return [_requested(s, t, i) for i, ((s, _), t) in enumerate(zip(parsed, texts))]
+
+
+def _requested(scores: Sequence[float], texts: Sequence[str], i: int) -> Rewards:
+    try:
+        return Rewards.from_scores(scores, texts)
+    except RewardValidationError as e:  # the scores are checked; a failure text is too long
+        raise ValueError(f"reward_text of prompt {i}: {e}.") from None
 
 
 def check_scale(value: Any, name: str, minimum: float | None = None) -> float:
@@ -254,7 +252,6 @@ def normalize_prompts(prompt: Any, negative_prompt: Any) -> tuple[list[str], lis
 
 __all__ = [
     "OUTPUT_TYPES",
-    "RewardRequest",
     "check_positive_int",
     "check_scale",
     "normalize_images",

@@ -163,6 +163,7 @@ BAD_INPUTS = [
     (dict(reward_text=[("a", "b", "c")] * 2), "2 entries but there are 1 prompts"),
     (dict(reward_text=("a", 1, "c")), "preserving text must be a string"),
     (dict(rewards=Rewards.best(), reward_text=("a", "b", "c")), "given twice"),
+    (dict(reward_text=("a" * 2001, "", "")), "prompt 0: following: failure text has 2001"),
     (dict(image=None), "`image` is required"),
     (dict(image=PIL.Image.new("RGB", (0, 16))), "zero size"),
     (dict(image=make_image(size=(1, 1))), "smaller than the VAE factor"),

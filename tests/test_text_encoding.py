@@ -1,4 +1,5 @@
-"""One text encoding (core.text_encoding): the pipeline, the trainer and the reward text agree."""
+"""One text encoding (core.text_encoding) for the pipeline, the trainer and the reward text; one
+reward type (core.rewards.Rewards) for the pipeline's requests."""
 
 from __future__ import annotations
 
@@ -6,16 +7,17 @@ import torch
 
 from core import mrc
 from core.pipeline import MRCInstructPix2PixPipeline
-from core.pipeline_inputs import RewardRequest
+from core.pipeline_inputs import normalize_rewards
+from core.rewards import Rewards
 from core.text_encoding import encode_reward_text, encode_text, join_reward_texts
 from core.tiny import TinyConfig, build_components
 from train.cache import FrozenEncoders
 
 PROMPTS = ["turn the red square blue", "", "make it look like a watercolour painting"]
 REQUESTS = [
-    RewardRequest((5.0, 5.0, 5.0), ("", "", "")),
-    RewardRequest((1.0, 2.0, 3.0), ("blurry", "", "noise")),
-    RewardRequest((4.0, 4.0, 4.0), ("", "", "")),
+    Rewards.from_scores((5, 5, 5)),
+    Rewards.from_scores((1, 2, 3), ("blurry", "", "noise")),
+    Rewards.from_scores((4, 4, 4)),
 ]
 
 
@@ -56,3 +58,9 @@ def test_core_mrc_still_exports_the_reward_text_functions():
     assert mrc.encode_reward_text is encode_reward_text
     assert mrc.join_reward_texts is join_reward_texts
     assert mrc.join_reward_texts(("a", " ", "c"), "None") == "a; None; c"
+
+
+def test_the_pipeline_requests_are_core_rewards():
+    requests = normalize_rewards([(5, 4, 3), (5, 5, 5)], [("a", "", ""), ("", "", "")], 2)
+    assert requests == [Rewards.from_scores((5, 4, 3), ("a", "", "")), Rewards.best()]
+    assert normalize_rewards(Rewards.best(), None, 1) == [Rewards.best()]
