@@ -22,10 +22,19 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: ...)" only for real defaults: None and off flags are described in words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
     from studio.demo import DEFAULT_DB_PATH, DEFAULT_MODEL_PATH
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
     p = argparse.ArgumentParser(
         prog="app.py", description=__doc__.split("\n")[0], formatter_class=fmt
     )
@@ -48,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), default=None,
                    help="the two benchmark runs raters compare (default: the two newest runs)")  # fmt: skip
     p.add_argument("--overlap", type=int, default=3, help="raters per item in human evaluation")
+    p.add_argument("--gold-percent", type=float, default=20.0,
+                   help="share of each rater's pairs that are gold pairs with a known answer, "
+                        "in percent (used when the store has gold pairs; 0 turns it off)")  # fmt: skip
+    p.add_argument("--reveal", action="store_true",
+                   help="after each vote, tell the rater which system was on which side")  # fmt: skip
     sub = p.add_subparsers(dest="command")
     users = sub.add_parser(
         "users", help="manage studio users (stored in --db)", formatter_class=fmt
@@ -125,10 +139,11 @@ def serve(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
+        campaign = dict(gold_share=args.gold_percent / 100, reveal=args.reveal)
         evaluation = (
-            Evaluation(*args.compare, overlap=args.overlap)
+            Evaluation(*args.compare, overlap=args.overlap, **campaign)
             if args.compare
-            else default_evaluation(store, overlap=args.overlap)
+            else default_evaluation(store, overlap=args.overlap, **campaign)
         )
         ctx = create_context(
             store, model, login_required=login, evaluation=evaluation,

@@ -45,12 +45,17 @@ MAX_UPLOAD = "20mb"
 DEFAULT_CONCURRENCY = 8  # review/rating handlers in parallel; the model has its own limit of 1
 
 
-def default_evaluation(store: Store, overlap: int = 3) -> Evaluation | None:
-    """Compare the two most recent runs, or None when the store has fewer than two."""
+def default_evaluation(
+    store: Store, overlap: int = 3, *, gold_share: float = 0.0, reveal: bool = False
+) -> Evaluation | None:
+    """Compare the two most recent runs, or None when the store has fewer than two. Gold pairs
+    are mixed in at ``gold_share`` when the store has any."""
     runs = store.list_runs()
     if len(runs) < 2:
         return None
-    return Evaluation(runs[-2]["name"], runs[-1]["name"], overlap=overlap)
+    share = gold_share if store.gold_items() else 0.0
+    return Evaluation(runs[-2]["name"], runs[-1]["name"], overlap=overlap, gold_share=share,
+                      reveal=reveal)  # fmt: skip
 
 
 def create_context(

@@ -220,6 +220,9 @@ def ensure_demo_store(path: str | Path = DEFAULT_DB_PATH, cfg: DemoConfig = Demo
         )
     _label_training(store, cfg)
     _benchmark_runs(store, cfg)
+    from studio.gold import add_shapes_gold
+
+    add_shapes_gold(store, seed=cfg.seed)  # gold pairs for the rating campaign
     return store
 
 

@@ -266,8 +266,10 @@ def build_rate_tab(ctx: StudioContext) -> list[Any]:
 
     with gr.Accordion("Evaluation set-up (admin)", open=False, visible=False) as setup:
         with gr.Row():
-            run_a = gr.Dropdown([], label="System A (run)")
-            run_b = gr.Dropdown([], label="System B (run)")
+            # Choices are filled for admins on page load (never in the page config); the
+            # server checks the names (an unknown run is refused with its name).
+            run_a = gr.Dropdown([], label="System A (run)", allow_custom_value=True)
+            run_b = gr.Dropdown([], label="System B (run)", allow_custom_value=True)
             overlap = gr.Number(3, label="Raters per item (k)", precision=0, minimum=1)
         with gr.Row():
             gold_percent = gr.Number(0, label="Gold pairs (% of pairs, known answers)",
@@ -296,7 +298,7 @@ def build_rate_tab(ctx: StudioContext) -> list[Any]:
             interactive=False, elem_id="results-raters",
         )  # fmt: skip
         with gr.Row():
-            rater = gr.Dropdown([], label="Rater", elem_id="results-rater")
+            rater = gr.Dropdown([], label="Rater", elem_id="results-rater", allow_custom_value=True)
             reason = gr.Textbox(label="Reason (logged)", elem_id="results-reason")
             exclude = gr.Button("Exclude from the tables", elem_id="results-exclude")
             include = gr.Button("Include again", elem_id="results-include")

@@ -249,3 +249,29 @@ def test_difference_images_evict_the_least_recently_used(tmp_path):
     expected = np.clip(np.abs(b.astype(np.int16) - a) * 3, 0, 255).astype(np.uint8)
     got = difference(Image.fromarray(a), Image.fromarray(b))
     assert np.array_equal(np.asarray(got), expected)
+
+
+def test_reveal_and_rater_exclusion_through_the_api(studio):
+    store, ctx, url = studio
+    rita, ada, alice = client(url, "rita"), client(url, "ada"), client(url, "alice")
+    before = ctx.rating.evaluation
+    status = ada.predict(SYSTEM_A, SYSTEM_B, 2, 0, True, api_name="/rate_configure")
+    assert "are revealed after each vote" in status
+    try:
+        rita.predict(api_name="/rate_next")
+        out = rita.predict("5", "4", "3", "1", "2", "0", "left", api_name="/rate_submit")
+        assert "Rating saved. Left was **secret-system-" in out[0]
+        with pytest.raises(Exception, match="may not see or configure results"):
+            alice.predict("rita", "", api_name="/results_exclude")
+        note, *_tables, raters, _local, _choices = ada.predict(
+            "rita", "always left", api_name="/results_exclude"
+        )
+        assert "Excluded from these tables: rita" in note
+        row = [r for r in raters["data"] if r[0] == "rita"][0]
+        assert row[2] is True and row[-1] == "always left"
+        note = ada.predict("rita", "", api_name="/results_include")[0]
+        assert "Excluded" not in note
+        assert [r["action"] for r in store.exclusion_log()] == ["exclude", "include"]
+    finally:
+        ada.predict(before.system_a, before.system_b, before.overlap, 0, False,
+                    api_name="/rate_configure")  # fmt: skip
