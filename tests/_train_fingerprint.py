@@ -9,9 +9,10 @@ SHA-256 hashes of the weights, optimizer and custom states, and of the exported 
 
     OMP_NUM_THREADS=1 python -m tests._train_fingerprint OUT_DIR [--resume-from OLD_OUT_DIR]
 
-writes the fingerprints to OUT_DIR/fingerprint.json. With ``--resume-from``, every run is also continued from step 2
-of the runs saved in OLD_OUT_DIR (by another version of the code): the continued fingerprint must
-equal the uninterrupted one. ``tests/test_train_regression.py`` checks seeded expected values.
+writes the fingerprints to OUT_DIR/fingerprint.json. With ``--resume-from``, every run is also
+continued from step 2 of the runs saved in OLD_OUT_DIR (by another version of the code), and
+every fingerprint, continued ones included, is compared with OLD_OUT_DIR/fingerprint.json: the
+exit status is 1 when any differs. ``tests/test_train_regression.py`` checks seeded expected values.
 """
 
 from __future__ import annotations
@@ -156,7 +157,21 @@ def main(argv: list[str] | None = None) -> int:
     result = fingerprint_runs(args.out, args.resume_from)
     (args.out / "fingerprint.json").write_text(json.dumps(result, indent=1))
     print(f"Wrote {args.out / 'fingerprint.json'}.")
-    return 0
+    old = args.resume_from / "fingerprint.json" if args.resume_from else None
+    if old is None or not old.exists():
+        return 0
+    return 0 if same_as(json.loads(old.read_text()), result) else 1
+
+
+def same_as(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Print, per run, whether ``new`` equals the old version's uninterrupted run."""
+    same = True
+    for name, run in new.items():
+        ref = old[name.removesuffix("-resumed")]
+        differs = [k for k in run if run[k] != ref[k]]
+        print(f"{name:30s} {'identical' if not differs else 'DIFFERS in ' + ', '.join(differs)}")
+        same &= not differs
+    return same
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
 """Training objectives: what a batch becomes, and the loss it gives.
 
-One class per stage, chosen by :func:`objective_for_stage`:
+One class per stage, chosen by :func:`objective_for_stage`; all are built the same way,
+``Objective(cfg, models, encoders, null_text, device)``, once the data is set up, and answer
+``conditioning(batch)`` (the batch on the device: latents and embeddings, or pixels) and
+``loss(module, cond, g)``; their class-level members (``encodes_inputs``, ``frozen_modules``,
+``network``) tell the loop, before the objective exists, what to freeze, cache and speed up.
 
 * :class:`AutoencoderObjective` (stage 0) trains the VAE on pixels: MSE of the decoding of a
   posterior sample plus a small KL to N(0, I);
@@ -9,10 +13,24 @@ One class per stage, chosen by :func:`objective_for_stage`:
 * :class:`RewardDiffusionObjective` (stage 2) adds the reward: scores and failure texts go to
   :class:`core.mrc_unet.MRCUNet`, with reward dropout and reward-text dropout.
 
-Every random draw of a micro-batch comes from that micro-batch's generator ``g``
-(:func:`train.sampler.step_generator`), in a fixed order, on the CPU: a resumed run and a run on
-another process count draw the same numbers. The order is part of the checkpoint format: a run
-resumed with a changed order would silently follow another trajectory.
+Per micro-batch k of a stage 1 / 2 step (the loop averages A of them, ``A`` = gradient
+accumulation)::
+
+    cond   = cached tensors, or the frozen VAE / text encoder applied to the batch now
+    g      = Generator(seed, process, k)             # all draws below, on the CPU, in this order
+    z0     = (mean + std * randn(g)) * vae_scale     # VAE posterior sample of the edit
+    n, t   = randn(g), randint(T, g)
+    zt     = add_noise(z0, n, t)
+    text   -> "" embedding  where p < 2q             # conditioning dropout, p ~ U(g),
+    c_I    -> zeros         where q <= p < 3q        #   q = conditioning_dropout_prob
+    reward -> learned null  where u < reward_dropout          # u ~ U(g), drawn in stage 1 too
+    r_text -> empty texts   where v < reward_text_dropout     # stage 2: scores alone, v ~ U(g)
+    pred   = UNet([zt, c_I], t, text[, reward])
+    loss   = mse(pred, n or v(z0, n, t)) [x min-SNR weight]
+
+The draws are on the CPU from the micro-batch's generator (:func:`train.sampler.step_generator`),
+so a resumed run and a run on another process count draw the same numbers. Their order is part
+of the checkpoint format: a run resumed with a changed order would follow another trajectory.
 """
 
 from __future__ import annotations
