@@ -35,7 +35,12 @@ from studio.review_tab import ANY, build_review_tab, filter_choices
 HOTKEYS = Path(__file__).with_name("hotkeys.js")
 TAB_IDS = ("edit", "review", "rate")
 CSS = """
-.mrc-cursor { outline: 3px solid #f59e0b; outline-offset: 2px; border-radius: 8px; }
+/* The shortcut cursor and the keyboard focus ring are drawn inside their element (negative
+   offset): Gradio's blocks clip what overflows them, which hid an outside ring. */
+.mrc-cursor { outline: 3px solid #f59e0b; outline-offset: -3px; border-radius: 8px; }
+.gradio-container :is(button, input, textarea, select, [tabindex]):focus-visible {
+  outline: 3px solid #2563eb !important; outline-offset: -3px !important;
+}
 #mrc-banner { border-left: 6px solid #f59e0b; padding: 6px 12px; background: #fffbeb; }
 #mrc-banner p { margin: 0; }
 /* Small images (Shapes are 64 px) fill their frame with sharp pixels instead of a blur. */

@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
+import threading
+import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core.store import ConflictError, Store
 
@@ -113,12 +116,66 @@ def ensure_local_user(store: Store) -> None:
         pass
 
 
-def password_check(store: Store) -> Callable[[str, str], bool]:
-    """The ``auth=`` callable for ``launch``: active users with their own password only."""
+@dataclass
+class LoginThrottle:
+    """Slows password guessing and hides which user names exist.
 
-    def check(username: str, password: str) -> bool:
+    * After ``limit`` failed attempts for one user name within ``window`` seconds, further
+      attempts for that name are refused without checking the password until the oldest
+      failure leaves the window (the right password included: a guesser learns nothing).
+    * Every attempt takes at least ``floor`` seconds, whatever happens inside: an unknown
+      name (the store checks a dummy hash), the ``local`` identity, a refused or a wrong
+      password all answer after the same time as a right one.
+    """
+
+    limit: int = 5  # failed attempts per user name ...
+    window: float = 300.0  # ... within this many seconds
+    floor: float = 0.4  # seconds every attempt takes at least (scrypt takes ~0.05-0.1 s)
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    _failures: dict[str, deque] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _blocked(self, key: str, now: float) -> bool:
+        with self._lock:
+            recent = self._failures.setdefault(key, deque())
+            while recent and now - recent[0] > self.window:
+                recent.popleft()
+            return len(recent) >= self.limit
+
+    def _failed(self, key: str, now: float) -> None:
+        with self._lock:
+            self._failures.setdefault(key, deque()).append(now)
+
+    def attempt(self, username: str, verify: Callable[[], bool]) -> bool:
+        """Run ``verify`` unless ``username`` is throttled; pad the time to ``floor``."""
+        start = self.clock()
+        key = (username or "").strip().casefold()
+        ok = False
+        if not self._blocked(key, start):
+            ok = verify()
+            if not ok:
+                self._failed(key, start)
+        elapsed = self.clock() - start
+        if elapsed < self.floor:
+            self.sleep(self.floor - elapsed)
+        return ok
+
+
+def password_check(
+    store: Store, throttle: LoginThrottle | None = None
+) -> Callable[[str, str], bool]:
+    """The ``auth=`` callable for ``launch``: active users with their own password only,
+    throttled per user name and with the same answer time for every name (LoginThrottle)."""
+    throttle = throttle or LoginThrottle()
+
+    def verify(username: str, password: str) -> bool:
         if username == LOCAL_USER:  # the local single-user identity never logs in remotely
+            store.verify_password("", password)  # the same work as for an unknown name
             return False
         return store.verify_password(username, password)
+
+    def check(username: str, password: str) -> bool:
+        return throttle.attempt(username, lambda: verify(username, password))
 
     return check

@@ -7,11 +7,14 @@ other users wait their turn instead of running two generations on one GPU at onc
 
 from __future__ import annotations
 
+import base64
+import binascii
 import random
 from dataclasses import replace
 from typing import Any
 
 import gradio as gr
+from PIL import Image
 
 from core.images import load_image
 from core.rewards import PERSPECTIVES, TITLES
@@ -38,6 +41,44 @@ def _settings(
     )
 
 
+def _raw_upload(payload: Any) -> str | bytes | None:
+    """An uploaded image as the file's path (the bytes, for a pasted data URL), undecoded."""
+    if payload is None:
+        return None
+    if payload.url and payload.url.startswith("data:"):
+        try:
+            return base64.b64decode(payload.url.partition(",")[2], validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise gr.Error(
+                f"The pasted image is not valid base64 data ({e}).", print_exception=False
+            ) from e
+    if payload.path is None:
+        raise gr.Error("The upload arrived without a file; upload it again.")
+    return payload.path
+
+
+def uploaded_image(**kwargs: Any) -> gr.Image:
+    """An image input that hands the handler the uploaded file itself, undecoded.
+
+    ``gr.Image`` decodes an upload with PIL and converts it to its ``image_mode`` before any
+    handler runs: a 16-bit greyscale PNG reached the model 93% white, and a truncated, empty or
+    SVG-named file failed inside Gradio with "Could not preprocess input component". Here the
+    handler gets the file's path and the project's loader, :func:`core.images.load_image`,
+    decodes it exactly or says clearly what is wrong. (The override is per instance: a
+    subclass of a Gradio component makes Gradio write a ``.pyi`` stub next to this module.)
+    """
+    image = gr.Image(type="filepath", **kwargs)
+    image.preprocess = _raw_upload  # Gradio calls block.preprocess(payload) on the instance
+    return image
+
+
+def _input_image(image: Any) -> Image.Image:
+    """The uploaded file (or example) as RGB through the project's loader; clear errors."""
+    if image is None:
+        raise gr.Error("Upload an image (or pick an example) to edit.", print_exception=False)
+    return load_image(image, name="the uploaded image")
+
+
 def _check(image: Any, instruction: str) -> str:
     if image is None:
         raise gr.Error("Upload an image (or pick an example) to edit.", print_exception=False)
@@ -48,9 +89,11 @@ def _check(image: Any, instruction: str) -> str:
 
 
 def _prepare(ctx, request, image, instruction, scores, texts, *rest):
-    """The checks and settings shared by an edit and a reward sweep."""
+    """The checks and settings shared by an edit and a reward sweep: (the input image,
+    instruction, settings)."""
     ctx.access.user(username(request), CAN_EDIT, "run the model")
-    return _check(image, instruction), _settings(scores, texts, *rest)
+    instruction = _check(image, instruction)
+    return _input_image(image), instruction, _settings(scores, texts, *rest)
 
 
 @user_errors
@@ -76,7 +119,7 @@ def run_edit(
     request: gr.Request, progress=gr.Progress(),
 ):  # fmt: skip
     """Edit the image; returns the before/after pair, a status line and the edit (state)."""
-    instruction, settings = _prepare(
+    image, instruction, settings = _prepare(
         ctx, request, image, instruction, [s_follow, s_preserve, s_quality],
         [t_follow, t_preserve, t_quality], steps, text_cfg, image_cfg, reward_cfg, seed,
     )  # fmt: skip
@@ -88,6 +131,14 @@ def run_edit(
     last = {"original": before, "edited": after, "instruction": instruction, "settings": settings}
     scores = ", ".join(f"{p} {s:g}" for p, s in zip(PERSPECTIVES, settings.rewards))
     status = f"Edited with rewards ({scores}), seed {settings.seed}, {settings.steps} steps."
+    if before.size != image.size:  # the model worked on a smaller copy: compare at full size
+        status += (
+            f" The model works at {ctx.model.resolution} px: your {image.width}×{image.height} "
+            f"input was edited at {before.width}×{before.height}; the comparison shows your "
+            "original beside the result enlarged to its size."
+        )
+        after = after.resize(image.size, Image.Resampling.LANCZOS)
+        before = image
     return (before, after), status, last
 
 
@@ -99,7 +150,7 @@ def run_sweep(
     request: gr.Request, progress=gr.Progress(),
 ):  # fmt: skip
     """A grid: each row varies one perspective's reward (0, 2.5, 5), the others fixed."""
-    instruction, settings = _prepare(
+    image, instruction, settings = _prepare(
         ctx, request, image, instruction, [s_follow, s_preserve, s_quality],
         [t_follow, t_preserve, t_quality], steps, text_cfg, image_cfg, reward_cfg, seed,
     )  # fmt: skip
@@ -120,7 +171,7 @@ def run_best_of(
     """Best of N: N candidates (seeds seed .. seed + N - 1), ranked by the reward model; the
     best becomes the edit (compare view, state for "Send to review"), all are shown with their
     predicted scores."""
-    instruction, settings = _prepare(
+    image, instruction, settings = _prepare(
         ctx, request, image, instruction, [s_follow, s_preserve, s_quality],
         [t_follow, t_preserve, t_quality], steps, text_cfg, image_cfg, reward_cfg, seed,
     )  # fmt: skip
@@ -185,8 +236,8 @@ def build_edit_tab(ctx: StudioContext) -> dict[str, Any]:
     model = gr.Markdown(elem_id="edit-model")
     with gr.Row():
         with gr.Column(scale=1):
-            image = gr.Image(label="Input image", type="pil", elem_id="edit-input", height=300,
-                             elem_classes=["mrc-pixels"])  # fmt: skip
+            image = uploaded_image(label="Input image", elem_id="edit-input", height=300,
+                                   elem_classes=["mrc-pixels"])  # fmt: skip
             instruction = gr.Textbox(
                 label="Instruction",
                 placeholder="e.g. make the circle blue",

@@ -9,7 +9,8 @@
 // Human-eval tab: 0-5 set the highlighted score and move on (left F/P/Q, then right F/P/Q);
 //   Up/Down choose; l / r / t / x prefer left / right / tie / both bad; Enter submits;
 //   Right skips.
-// Keys typed into a text box are left alone (Escape leaves the box).
+// Keys typed into a text box are left alone (Escape leaves the box); so are the arrow, Home,
+// End and Page keys on a focused slider, which move the slider as a browser does.
 (() => {
   if (window.__mrcHotkeys) return;
   window.__mrcHotkeys = true;
@@ -83,6 +84,9 @@
         if (e.key === "Escape") t.blur();
         return;
       }
+      const sliderKeys = ["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", "Home", "End",
+                          "PageUp", "PageDown"];
+      if (t && t.tagName === "INPUT" && t.type === "range" && sliderKeys.includes(e.key)) return;
       const fields = FIELDS[tab];
       const digit = /^Digit([0-5])$/.exec(e.code) || /^Numpad([0-5])$/.exec(e.code);
       let handled = true;

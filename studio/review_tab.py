@@ -381,7 +381,7 @@ def build_review_tab(ctx: StudioContext) -> dict[str, Any]:
     gr.Markdown(
         "Judge labels come pre-filled; correct scores and failure points, then decide. "
         "**Keys:** `0`–`5` set the highlighted score (↑/↓ choose the perspective), "
-        "`Enter` accepts (Fix & Accept when you changed something), `←`/`→` move, "
+        "`Enter` accepts (recorded as fixed when you changed something), `←`/`→` move, "
         "`r` rejects, `s` skips, `u` undoes your last decision (the item opens again)."
     )
     with gr.Row():
@@ -417,8 +417,12 @@ def build_review_tab(ctx: StudioContext) -> dict[str, Any]:
     note = gr.Textbox(label="Note (optional)", lines=1, elem_id="review-note")
     with gr.Row():
         back = gr.Button("← Previous", elem_id="review-back")
-        accept = gr.Button("Accept", variant="primary", elem_id="review-accept")
-        fix = gr.Button("Fix & Accept", variant="primary", elem_id="review-fix")
+        # One button: it saves the values on screen; the store records "accepted" when they
+        # equal the loaded label and "fixed" when you changed something. ``fix`` is hidden:
+        # it only keeps the older ``/review_fix`` endpoint (the same decision) for API users.
+        accept = gr.Button("Accept (with your changes)", variant="primary",
+                           elem_id="review-accept")  # fmt: skip
+        fix = gr.Button("Fix & Accept", visible=False, elem_id="review-fix")
         reject = gr.Button("Reject", variant="stop", elem_id="review-reject")
         skip = gr.Button("Skip", elem_id="review-skip")
         undo = gr.Button("↶ Undo last decision", elem_id="review-undo")

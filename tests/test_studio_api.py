@@ -57,7 +57,10 @@ def test_edit_sweep_and_send_to_review(studio, tmp_path):
     (before, after), status, = c.predict(*args, 7, api_name="/edit")  # fmt: skip
     assert "seed 7" in status
     first = np.asarray(Image.open(after))
-    assert first.shape == (32, 26, 3)  # long side capped at the tiny model's 32 px; even sizes
+    # The model edits at its 32 px (long side; even sizes), and the comparison shows the
+    # original beside the result enlarged to the original's size.
+    assert "input was edited at 26×32" in status and "works at 32 px" in status
+    assert first.shape == (48, 40, 3) and np.asarray(Image.open(before)).shape == (48, 40, 3)
     (_, again), _ = c.predict(*args, 7, api_name="/edit")
     assert np.array_equal(first, np.asarray(Image.open(again)))  # seeded
     (_, other), _ = c.predict(*args, 8, api_name="/edit")
@@ -275,3 +278,34 @@ def test_reveal_and_rater_exclusion_through_the_api(studio):
     finally:
         ada.predict(before.system_a, before.system_b, before.overlap, 0, False,
                     api_name="/rate_configure")  # fmt: skip
+
+
+def test_uploads_go_through_the_projects_image_loader(studio, tmp_path):
+    store, ctx, url = studio
+    c = client(url, "alice")
+    args = ["make the circle blue", 5, 5, 5, "", "", "", 1, 7.5, 1.5, 1.0, 0]
+    grey16 = tmp_path / "grey16.png"
+    Image.fromarray(np.full((16, 16), 32768, np.uint16)).save(grey16)  # mid-grey, 16 bit
+    assert Image.open(grey16).mode.startswith("I")
+    (before, _), _ = c.predict(handle_file(str(grey16)), *args, api_name="/edit")
+    seen = np.asarray(Image.open(before))
+    assert seen.shape == (16, 16, 3) and abs(int(seen.mean()) - 128) <= 1  # not clipped white
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(good)
+    bad = {
+        "empty.png": (b"", "is empty (0 bytes)"),
+        "truncated.png": (good.read_bytes()[:40], "the uploaded image"),
+        "drawing.svg": (b'<svg xmlns="http://www.w3.org/2000/svg"/>', "not an image"),
+    }
+    for name, (data, message) in bad.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(Exception, match=re.escape(message)) as caught:
+            c.predict(handle_file(str(path)), *args, api_name="/edit")
+        assert "Could not preprocess" not in str(caught.value)
+        assert "the uploaded image" in str(caught.value)
+    huge = tmp_path / "huge.png"
+    Image.new("L", (12_000, 12_000)).save(huge)  # 144 megapixels, a few KB of PNG
+    with pytest.raises(Exception, match="the uploaded image") as caught:
+        c.predict(handle_file(str(huge)), *args, api_name="/edit")
+    assert "pixels" in str(caught.value) or "bomb" in str(caught.value)

@@ -37,6 +37,10 @@ def test_demo_store_has_review_items_and_two_rated_runs(demo_store):
     assert all(r["n_outputs"] == 7 for r in runs)
     evaluation = default_evaluation(store)
     assert {evaluation.system_a, evaluation.system_b} == {r["name"] for r in runs}
+    # Gold pairs (exact target vs a corruption, oracle-scored) for the rating campaign; the
+    # app mixes them in at --gold-percent (20 by default).
+    assert 5 <= len(store.gold_items()) <= 7
+    assert default_evaluation(store, gold_share=0.2).gold_share == 0.2
     for run in runs:  # every output has the oracle's verdict, for judge-vs-human agreement
         verdicts = store.verdicts(run_id=run["id"], judge_model="shapes-oracle-v1", status="ok")
         assert len(verdicts) == 7
@@ -102,3 +106,18 @@ def test_users_command(tmp_path, monkeypatch, capsys):
     assert app_cli.main(["--db", db, "users", "remove", "alice"]) == 0
     assert not store.verify_password("alice", "a long password")
     assert app_cli.main(["--db", db, "users", "remove", "nobody"]) == 2
+
+
+def test_help_texts(capsys):
+    with pytest.raises(SystemExit):
+        app_cli.main(["--help"])
+    text = capsys.readouterr().out
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert all(line.count("(default:") <= 1 for line in text.split("  --"))
+    assert "--gold-percent" in text and "--reveal" in text
+    from train.evaluate.cli import build_parser
+
+    text = build_parser().format_help()
+    assert "docs/demo_models/shapes_baseline" in text and "shapes?size=32" in text
+    dtype = text[text.index("  --dtype {") :].split("\n  --")[0]
+    assert "memory" in dtype and "[float32]" in dtype

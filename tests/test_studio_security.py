@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,7 +16,7 @@ from PIL import Image
 
 import app as app_cli
 from studio.app import create_context
-from studio.auth import LOCAL_USER, is_local_host, password_check
+from studio.auth import LOCAL_USER, LoginThrottle, is_local_host, password_check
 from studio.rating import BlindRating, Evaluation
 from tests.studio_helpers import (
     MODEL_A,
@@ -78,6 +79,33 @@ def test_the_local_identity_cannot_log_in(store):
     check = password_check(store)
     assert check("rita", PASSWORD) and not check("rita", "nope")
     assert not check(LOCAL_USER, PASSWORD)
+
+
+def test_logins_are_throttled_per_name(store):
+    now = [0.0]
+    slept = []
+    throttle = LoginThrottle(limit=3, window=60.0, floor=0.0, clock=lambda: now[0],
+                             sleep=slept.append)  # fmt: skip
+    check = password_check(store, throttle)
+    for _ in range(3):
+        assert not check("rita", "wrong guess")
+    assert not check("rita", PASSWORD)  # throttled: even the right password is refused
+    assert not check("RITA ", PASSWORD)  # the same name, differently spelt
+    assert check("raul", PASSWORD)  # other names are not affected
+    now[0] = 61.0
+    assert check("rita", PASSWORD)  # the failures left the window
+
+
+def test_a_login_takes_the_same_time_whether_the_name_exists_or_not(store):
+    check = password_check(store, LoginThrottle(floor=0.5))
+    timings = {}
+    for name, password in (("rita", PASSWORD), ("rita", "wrong"), ("nobody-here", "wrong"),
+                           (LOCAL_USER, "wrong")):  # fmt: skip
+        start = time.monotonic()
+        check(name, password)
+        timings[name, password] = time.monotonic() - start
+    assert min(timings.values()) >= 0.5, timings
+    assert max(timings.values()) - min(timings.values()) < 0.25, timings
 
 
 def test_roles_are_enforced(store):

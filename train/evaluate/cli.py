@@ -2,8 +2,9 @@
 
 One command produces everything of the paper's evaluation for any set of systems::
 
-    python -m train.evaluate --benchmark shapes \\
-        --system baseline=demo_models/shapes_baseline --system mrc=demo_models/shapes_mrc \\
+    python -m train.evaluate --benchmark "shapes?size=32" \\
+        --system baseline=docs/demo_models/shapes_baseline \\
+        --system mrc=docs/demo_models/shapes_mrc \\
         --sweep 0,3,5 --judge oracle --out runs/shapes_eval
 
 Table 1 (every system), Table 4 (paired comparisons: the first system against each other one),
@@ -99,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = EvalConfig(benchmark="", systems=(), out="")
     b = ap.add_argument_group("benchmark")
     b.add_argument("--benchmark", required=True,
-                   help="shapes | shapes:DIR | real-edit:DIR_OR_HUB_ID | folder:DIR | store:DB[?split=S&source=S]")  # fmt: skip
+                   help="shapes (generated Shapes-Edit; options as shapes?size=32&scenes=4&seed=0, "
+                        "size 32 for the demo models) | shapes:DIR | real-edit:DIR_OR_HUB_ID | "
+                        "folder:DIR | store:DB[?split=S&source=S]")  # fmt: skip
     b.add_argument("--limit", type=int, help="only the first N items")
     b.add_argument("--per-category", type=int, help="at most N items per category")
     b.add_argument("--categories", default="", help="comma-separated categories to keep")
@@ -129,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=d.batch_size, help=f"images per batch [{d.batch_size}]"
     )
     s.add_argument("--device", default=d.device, help=f"torch device [{d.device}]")
-    s.add_argument("--dtype", default=d.dtype, choices=("float32", "float16", "bfloat16"))
+    s.add_argument("--dtype", default=d.dtype, choices=("float32", "float16", "bfloat16"),
+                   help=f"weights and activations of the model systems; float16/bfloat16 halve "
+                        f"memory on a GPU, CPUs want float32 [{d.dtype}]")  # fmt: skip
     s.add_argument("--threads", type=int, help="torch CPU threads [torch's default]")
     j = ap.add_argument_group("judge")
     j.add_argument("--judge", default=d.judge, type=_judge_name,
