@@ -582,3 +582,43 @@ def test_clip_baseline_ranks_a_copy_as_best_preserved_and_without_direction(shap
     figures = clip_baseline_metrics(scorer, data)
     assert set(figures) == {"following", "preserving"}  # CLIP has no quality perspective
     assert figures["preserving"]["pairs"] == 4 and figures["preserving"]["pair_accuracy"] == 1.0
+
+
+def _outputs_store(path: Path, n_items: int = 3) -> Path:
+    """An evaluation store: two systems' outputs on n items, judged by the oracle's name."""
+    from core.store import Store
+
+    rng = np.random.default_rng(0)
+    img = lambda: rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)  # noqa: E731
+    store = Store(path)
+    ids = store.add_triplets([dict(original=img(), edited=None, instruction=f"make shape {i} red",
+                                   category="local", split="train", target=img())
+                              for i in range(n_items)], progress=False)  # fmt: skip
+    for system, score in (("good", 5.0), ("bad", 1.0)):
+        run = store.create_run(system, "m", settings={"system": system})
+        for tid in ids:
+            out = store.add_output(run, tid, img())
+            verdict = {p: {"yes": score >= 4, "score": score} for p in PERSPECTIVES}
+            store.add_verdict(out, judge_model="shapes-oracle-v1", prompt_version="v1",
+                              verdict=verdict)  # fmt: skip
+    return path
+
+
+def test_outputs_source_labels_model_outputs_and_pairs_them_by_item(tmp_path):
+    from train.datasets import BadDataLog
+    from train.reward_data import build_data
+    from train.reward_model import RewardTrainConfig
+
+    db = _outputs_store(tmp_path / "eval.db")
+    cfg = RewardTrainConfig(outputs=str(db), output_dir=str(tmp_path / "rm"))
+    data = build_data(cfg, BadDataLog("stop"), progress=False)
+    assert len(data) == 6 and data.info["outputs"]["by_system"] == {"good": 3, "bad": 3}
+    assert sorted(data.scores[:, 0].tolist()) == [1.0] * 3 + [5.0] * 3
+    assert len(data.pairs) == 3  # one pair per item: good vs bad
+    a, b = data.pairs[0].tolist()
+    assert {data.ids[a].split("/")[0], data.ids[b].split("/")[0]} == {"good", "bad"}
+    with pytest.raises(ValueError, match="no outputs with verdicts of 'gpt-judge'"):
+        build_data(RewardTrainConfig(outputs=str(db), outputs_judge="gpt-judge"),
+                   BadDataLog("stop"), progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="--outputs DB"):
+        RewardTrainConfig()

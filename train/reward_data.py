@@ -282,6 +282,46 @@ def add_store(b: DataBuilder, db: str, cfg: Any, log: BadDataLog, progress: bool
     return info
 
 
+def add_outputs(
+    b: DataBuilder, db: str, truth_judge: str, systems: list[str] | None = None
+) -> dict[str, Any]:
+    """Every output of a ``python -m train.evaluate`` store (optionally only ``systems``) as a
+    triplet scored by ``truth_judge``'s verdicts (e.g. the Shapes oracle's model name). Outputs
+    of different systems for one item are edits of one input, so they pair up. This is how a
+    reward model learns the defects of the editing models it will judge (EditReward's lesson):
+    evaluate the models on *training* inputs, never on the benchmark the reward model is
+    measured on."""
+    from core.store import Store
+
+    store = Store(db)
+    n, by_system = 0, {}
+    for run in store.list_runs():
+        system = (run.get("settings") or {}).get("system")
+        if systems is not None and system not in systems:
+            continue
+        verdicts = {
+            v["output_id"]: v
+            for v in store.verdicts(run_id=run["id"], judge_model=truth_judge, status="ok")
+        }
+        for o in store.outputs(run["id"]):
+            v = verdicts.get(o["id"])
+            if v is None:
+                continue
+            t = store.get_triplet(o["item_id"])
+            scores = [v["verdict"][p]["score"] for p in PERSPECTIVES]
+            b.triplet(f"{system}/{t['external_id']}", store.image(t["original"]),
+                      store.image(o["image"]), t["instruction"], scores)  # fmt: skip
+            by_system[system] = by_system.get(system, 0) + 1
+            n += 1
+    if not n:
+        raise ValueError(
+            f"{db} has no outputs with verdicts of {truth_judge!r}"
+            + (f" for the systems {systems}" if systems else "")
+            + "; run python -m train.evaluate with that judge on it first."
+        )
+    return {"store": db, "judge": truth_judge, "outputs": n, "by_system": by_system}
+
+
 def build_data(cfg: Any, log: BadDataLog, progress: bool = True) -> RewardData:
     """All sources of a :class:`train.reward_model.RewardTrainConfig`."""
     b = DataBuilder(cfg.image_size, cfg.tie_threshold)
@@ -290,6 +330,8 @@ def build_data(cfg: Any, log: BadDataLog, progress: bool = True) -> RewardData:
         info["shapes"] = add_shapes(b, cfg.shapes, cfg, log, progress)
     if cfg.store:
         info["store"] = add_store(b, cfg.store, cfg, log, progress)
+    if cfg.outputs:
+        info["outputs"] = add_outputs(b, cfg.outputs, cfg.outputs_judge)
     n_rated = len(b.pairs)
     info["pairs"] = {"from_ratings": n_rated, "from_scores": b.pairs_from_scores()}
     data = b.build(info)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from core.reward_model import EditRewardModel, RewardPrediction
 from core.rewards import PERSPECTIVES
-from train.reward_data import DataBuilder, RewardData, shapes_variants
+from train.reward_data import DataBuilder, RewardData, add_outputs, shapes_variants
 
 YES = 4.0  # the oracle's yes threshold
 PAIR_GAP = 1.0  # pairs whose labels differ by at least this much
@@ -166,30 +166,11 @@ def evaluate_model(model: EditRewardModel, data: RewardData) -> dict[str, Any]:
 def store_outputs(store_path: str, truth_judge: str, systems: list[str] | None = None,
                   size: int = 32) -> RewardData:  # fmt: skip
     """Every output of a ``python -m train.evaluate`` store (optionally only ``systems``) with
-    the verdict scores of ``truth_judge`` (e.g. the Shapes oracle's model name) as labels. The
-    outputs of different systems for the same item are edits of one input, so they form pairs."""
-    from core.store import Store
-
-    store = Store(store_path)
+    the verdict scores of ``truth_judge`` as labels, paired by item (:func:`add_outputs`)."""
     b = DataBuilder(size, tie_threshold=0.0)
-    for run in store.list_runs():
-        system = (run.get("settings") or {}).get("system")
-        if systems is not None and system not in systems:
-            continue
-        by_output = {
-            v["output_id"]: v
-            for v in store.verdicts(run_id=run["id"], judge_model=truth_judge, status="ok")
-        }
-        for o in store.outputs(run["id"]):
-            v = by_output.get(o["id"])
-            if v is None:
-                continue
-            t = store.get_triplet(o["item_id"])
-            scores = [v["verdict"][p]["score"] for p in PERSPECTIVES]
-            b.triplet(f"{system}/{t['external_id']}", store.image(t["original"]),
-                      store.image(o["image"]), t["instruction"], scores)  # fmt: skip
+    info = add_outputs(b, store_path, truth_judge, systems)
     b.pairs_from_scores()
-    return b.build({"source": "store-outputs", "store": store_path, "judge": truth_judge})
+    return b.build({"source": "store-outputs", **info})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,10 +43,10 @@ from train.reward_data import RewardData, build_data
 from train.sampler import EpochBatchSampler
 
 # settings that define the trajectory: a resumed run must match the checkpoint's
-TRAJECTORY = ("shapes", "store", "store_split", "max_train_samples", "variants", "tie_threshold",
+TRAJECTORY = ("shapes", "store", "store_split", "outputs", "outputs_judge", "max_train_samples", "variants", "tie_threshold",
               "backbone", "text_encoder", "clip", "image_size", "channels", "hidden_dim", "seed",
               "batch_size", "learning_rate", "weight_decay", "warmup_steps", "pair_weight")  # fmt: skip
-DATA_FIELDS = ("shapes", "store", "store_split", "max_train_samples", "variants", "tie_threshold",
+DATA_FIELDS = ("shapes", "store", "store_split", "outputs", "outputs_judge", "max_train_samples", "variants", "tie_threshold",
                "image_size", "seed", "on_bad_data")  # fmt: skip
 
 
@@ -59,6 +59,8 @@ class RewardTrainConfig:
     shapes: str = ""  # Shapes folder (python -m data synth): oracle labels + re-rendered variants
     store: str = ""  # studio database: reviewed labels and side-by-side ratings
     store_split: str = ""  # only store triplets of this split ("" = all)
+    outputs: str = ""  # evaluation store: model outputs labelled by outputs_judge, paired by item
+    outputs_judge: str = "shapes-oracle-v1"  # judge model whose verdicts label those outputs
     max_train_samples: int = 10_000  # Shapes training triplets used (first N; 0 = all)
     variants: int = 2  # extra edits per Shapes input: the target, then noisy ones (0 = no pairs)
     tie_threshold: float = 0.25  # scores this close count as a tie on that perspective
@@ -88,8 +90,10 @@ class RewardTrainConfig:
     threads: int = 0  # torch CPU threads (0: torch's default)
 
     def __post_init__(self) -> None:
-        if not self.shapes and not self.store:
-            raise ValueError("give at least one source: --shapes FOLDER and/or --store DB.")
+        if not (self.shapes or self.store or self.outputs):
+            raise ValueError(
+                "give at least one source: --shapes FOLDER, --store DB and/or --outputs DB."
+            )
         if self.backbone not in ("pair_cnn", "clip"):
             raise ValueError(f"--backbone must be pair_cnn or clip; got {self.backbone!r}.")
         if self.backbone == "clip" and not self.clip:
@@ -297,6 +301,9 @@ HELP = {
     "shapes": "Shapes folder (python -m data synth): oracle-labelled triplets and variants.",
     "store": "Studio database: reviewed labels (a correction wins) and side-by-side ratings.",
     "store_split": "Only store triplets of this split ('' = all).",
+    "outputs": "Evaluation store (python -m train.evaluate) of model outputs on TRAINING inputs: "
+    "each output is a triplet labelled by --outputs_judge's verdicts; outputs of one item pair up.",
+    "outputs_judge": "The judge model whose stored verdicts label --outputs.",
     "max_train_samples": "Shapes training triplets used: the first N (0 = all).",
     "variants": "Extra edits per Shapes input for pairs: the target, then noisy ones (0 = none).",
     "tie_threshold": "Two scores at most this far apart are a tie on that perspective.",
