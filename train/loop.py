@@ -74,7 +74,7 @@ class TrainLoop:
 
     def __init__(self, cfg: TrainConfig):
         self.cfg, self.out = cfg, cfg.run_dir
-        self.kind = objective_for_stage(cfg.stage)  # the objective's class; built in set_up
+        self.objective_class = objective_for_stage(cfg.stage)  # built in set_up_optimisation
         # Refuse what cannot work before any work: missing optional packages, unusable checkpoints.
         check_integrations(cfg)
         check_model_for_stage(cfg.model, cfg.stage, cfg.revision)
@@ -102,7 +102,7 @@ class TrainLoop:
         self.device = self.accelerator.device
         self.weight_dtype = WEIGHT_DTYPES[cfg.mixed_precision]
         # Mixed precision runs the frozen encoders in half precision (float32 copies kept aside).
-        self.frozen = self.kind.frozen_modules(models)
+        self.frozen = self.objective_class.frozen_modules(models)
         self.fp32_weights = move_frozen(self.frozen, self.device, self.weight_dtype)
         self.resolution = models.training_resolution(cfg.resolution)
         text_mode = models.reward_text_mode(cfg.reward_text_mode)
@@ -110,7 +110,7 @@ class TrainLoop:
 
     def set_up_data(self) -> None:
         """Checked training data, cached for stages 1 and 2 (the VAE stage's inputs change)."""
-        cached = self.cfg.cache and self.kind.encodes_inputs
+        cached = self.cfg.cache and self.objective_class.encodes_inputs
         self.data = load_training_data(
             self.cfg, self.models, self.encoders, self.resolution, self.accelerator, cached
         )
@@ -124,7 +124,7 @@ class TrainLoop:
         module = models.trained_module(cfg.stage)
         if cfg.gradient_checkpointing:
             module.enable_gradient_checkpointing()
-        for setting in apply_speed_settings(cfg, self.kind.network(models)):
+        for setting in apply_speed_settings(cfg, self.objective_class.network(models)):
             if self.main:
                 print(f"Speed: {setting}.")
         self.accum = cfg.gradient_accumulation_steps
@@ -147,13 +147,13 @@ class TrainLoop:
             self.ema.to(self.device)
             acc.register_for_checkpointing(self.ema)
         self.start = self.load_resumed_state()
-        self.metrics = None
-        if self.main:
-            self.metrics = MetricsLog(
-                self.out / "logs" / "metrics.jsonl", self.start if self.resume is not None else None
-            )
+        resumed_at = self.start if self.resume is not None else None  # cut the log back to it
+        log = self.out / "logs" / "metrics.jsonl"
+        self.metrics = MetricsLog(log, resumed_at) if self.main else None
         self.sampler, self.batches = self.data.batches(cfg, acc, self.start * self.accum)
-        self.objective = self.kind(cfg, models, self.encoders, self.data.null_text, self.device)
+        self.objective = self.objective_class(
+            cfg, models, self.encoders, self.data.null_text, self.device
+        )
 
     def load_resumed_state(self) -> int:
         """Restore the checkpoint's state (if resuming); returns the step to start from."""
