@@ -202,7 +202,7 @@ def test_gaussian_nll_ignores_missing_scores_and_learns_the_spread():
 
 
 def _data_cfg(folder, **kw):
-    base = dict(shapes=str(folder), store="", store_split="", max_train_samples=0, variants=2,
+    base = dict(shapes=str(folder), store="", store_split="", outputs="", max_train_samples=0, variants=2,
                 tie_threshold=0.25, image_size=32, seed=0, on_bad_data="stop")  # fmt: skip
     return SimpleNamespace(**{**base, **kw})
 
@@ -622,3 +622,41 @@ def test_outputs_source_labels_model_outputs_and_pairs_them_by_item(tmp_path):
                    BadDataLog("stop"), progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="--outputs DB"):
         RewardTrainConfig()
+
+
+def test_agreement_with_raters_scores_and_choices(tmp_path):
+    from core.store import Store
+    from train.reward_eval import main as reward_eval
+    from train.reward_eval import rating_agreement, store_ratings
+
+    db = _outputs_store(tmp_path / "eval.db", n_items=2)
+    store = Store(db)
+    store.add_user("rater", "rater", "pw-12345678")
+    rng = np.random.default_rng(1)
+    for k, item in enumerate(store.list_triplets(split="train")):
+        outs = [store.add_output(store.create_run(s, "m"), item["id"],
+                                 Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)))
+                for s in (f"x{k}", f"y{k}")]  # fmt: skip
+        [aid] = store.assign_ratings("rater", [dict(item_id=item["id"], system_a=f"x{k}",
+                                     output_a=outs[0], system_b=f"y{k}", output_b=outs[1])])  # fmt: skip
+        store.add_rating(aid, rater="rater", scores_a={"following": 5, "preserving": 4},
+                         scores_b={"following": 1, "preserving": 4}, preference="A")  # fmt: skip
+    data = store_ratings(str(db))
+    assert len(data) == 4 and len(data.pairs) == 2
+    a = torch.tensor([0, 2])  # the A sides (x systems): rated higher and chosen
+    mean = torch.zeros(4, 3)
+    mean[a] = 4.0
+    agree = rating_agreement(RewardPrediction(mean, torch.zeros(4, 3)), data)
+    assert agree["following"]["pair_accuracy"] == 1.0 and agree["following"]["pairs"] == 2
+    assert agree["preserving"]["pairs"] == 0  # equal scores: no decided pair
+    assert agree["overall_choice"] == {"choices": 2, "accuracy": 1.0}
+    flipped = rating_agreement(RewardPrediction(4.0 - mean, torch.zeros(4, 3)), data)
+    assert flipped["overall_choice"]["accuracy"] == 0.0
+    tiny_model().save_pretrained(tmp_path / "rm")
+    out = tmp_path / "r.json"
+    assert (
+        reward_eval(["--model", str(tmp_path / "rm"), "--ratings", str(db), "--out", str(out)]) == 0
+    )
+    assert json.loads(out.read_text())["ratings"]["rated_outputs"] == 4
+    with pytest.raises(SystemExit):
+        reward_eval(["--model", str(tmp_path / "rm")])

@@ -244,7 +244,6 @@ def add_shapes_variants(b: DataBuilder, folder: str, examples: list, cfg: Any, p
 
 def add_store(b: DataBuilder, db: str, cfg: Any, log: BadDataLog, progress: bool) -> dict:
     """Reviewed labels (a human correction wins) and the rating tab's ratings of a store."""
-    from core.images import load_image
     from core.store import Store
 
     src = SimpleNamespace(data="store", data_dir=db, split=cfg.store_split, resolution=b.size,
@@ -253,7 +252,16 @@ def add_store(b: DataBuilder, db: str, cfg: Any, log: BadDataLog, progress: bool
     for ex, original, edited in examples:
         b.triplet(ex.id, original, edited, ex.instruction, ex.rewards.scores)
     info["labelled"] = len(examples)
-    store = Store(Path(db))
+    info.update(add_ratings(b, Store(Path(db))))
+    return info
+
+
+def add_ratings(b: DataBuilder, store: Any) -> dict[str, int]:
+    """The rating tab's side-by-side ratings of ``store``: each rated output is a triplet scored
+    by its rater (unrated perspectives unknown), and the two outputs of a rating form a pair with
+    a per-perspective preference from the two scores and the rater's overall choice."""
+    from core.images import load_image
+
     rated, preferences = 0, 0
     for r in store.ratings():
         item = store.get_triplet(r["item_id"])
@@ -278,8 +286,7 @@ def add_store(b: DataBuilder, db: str, cfg: Any, log: BadDataLog, progress: bool
             overall = PREFERENCE_TARGET.get(r["preference"] or "", float("nan"))
             b.pair(idx[0], idx[1], [*per, overall])
             preferences += overall == overall
-    info.update(rated_outputs=rated, overall_preferences=preferences)
-    return info
+    return {"rated_outputs": rated, "overall_preferences": preferences}
 
 
 def add_outputs(

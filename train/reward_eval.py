@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from core.reward_model import EditRewardModel, RewardPrediction
 from core.rewards import PERSPECTIVES
-from train.reward_data import DataBuilder, RewardData, add_outputs, shapes_variants
+from train.reward_data import DataBuilder, RewardData, add_outputs, add_ratings, shapes_variants
 
 YES = 4.0  # the oracle's yes threshold
 PAIR_GAP = 1.0  # pairs whose labels differ by at least this much
@@ -94,7 +94,7 @@ def rank_metrics(score: np.ndarray, truth: np.ndarray, pairs: np.ndarray) -> dic
     ok = ~np.isnan(truth)
     t, m = truth[ok], score[ok]
     res: dict[str, float] = {
-        "spearman": float(spearmanr(m, t).statistic) if np.ptp(t) > 0 else float("nan")
+        "spearman": float(spearmanr(m, t).statistic) if len(t) and np.ptp(t) > 0 else float("nan")
     }
     if len(pairs):
         ta, tb = truth[pairs[:, 0]], truth[pairs[:, 1]]
@@ -173,14 +173,62 @@ def store_outputs(store_path: str, truth_judge: str, systems: list[str] | None =
     return b.build({"source": "store-outputs", **info})
 
 
+def store_ratings(store_path: str, size: int = 32) -> RewardData:
+    """The rating tab's ratings of a store as scored triplets and rated pairs (:func:`add_ratings`)."""
+    from core.store import Store
+
+    b = DataBuilder(size, tie_threshold=0.0)
+    info = add_ratings(b, Store(store_path))
+    if not info["rated_outputs"]:
+        raise ValueError(f"{store_path} holds no side-by-side ratings yet.")
+    return b.build({"source": "store-ratings", "store": store_path, **info})
+
+
+def rating_agreement(pred: RewardPrediction, data: RewardData) -> dict[str, Any]:
+    """Agreement with raters: per perspective, Spearman of the predicted mean against the
+    raters' scores and the share of rated pairs (different scores) ordered as the rater did;
+    overall, the share of A-or-B choices (ties and "both bad" left out) where the output with
+    the higher mean predicted score over the three perspectives is the chosen one."""
+    mean = pred.mean.numpy()
+    truth, pairs = data.scores.numpy(), data.pairs.numpy()
+    out: dict[str, Any] = {
+        p: {
+            "n": int((~np.isnan(truth[:, j])).sum()),
+            **rank_metrics(mean[:, j], truth[:, j], pairs),
+        }
+        for j, p in enumerate(PERSPECTIVES)
+    }
+    choice = data.pair_targets[:, 3].numpy()
+    decided = (choice == 0) | (choice == 1)
+    overall = mean.mean(axis=1)
+    a_higher = overall[pairs[:, 0]] > overall[pairs[:, 1]]
+    out["overall_choice"] = {
+        "choices": int(decided.sum()),
+        "accuracy": float((a_higher[decided] == (choice[decided] == 1)).mean())
+        if decided.any()
+        else float("nan"),
+    }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m train.reward_eval``: a reward model against exact labels of model outputs."""
+    """``python -m train.reward_eval``: a reward model against exact labels of model outputs
+    (``--store``) and against raters (``--ratings``)."""
     import argparse
     import json
 
     ap = argparse.ArgumentParser(prog="python -m train.reward_eval", description=main.__doc__)
     ap.add_argument("--model", required=True, help="a reward model folder")
-    ap.add_argument("--store", required=True, help="a python -m train.evaluate store (store.db)")
+    ap.add_argument(
+        "--store",
+        default="",
+        help="a python -m train.evaluate store (store.db): its outputs against --truth's verdicts",
+    )
+    ap.add_argument(
+        "--ratings",
+        default="",
+        help="a studio store: agreement with its raters' side-by-side scores and choices",
+    )
     ap.add_argument("--truth", default="shapes-oracle-v1", help="the judge model of the labels")
     ap.add_argument("--systems", default="", help="comma-separated systems (default: all)")
     ap.add_argument(
@@ -191,18 +239,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", default="", help="write the figures as JSON here")
     args = ap.parse_args(argv)
+    if not (args.store or args.ratings):
+        ap.error("give --store (model outputs) and/or --ratings (a studio store with ratings).")
     model = EditRewardModel.from_pretrained(args.model).eval()
-    systems = [s for s in args.systems.split(",") if s] or None
-    data = store_outputs(args.store, args.truth, systems, model.config.image_size)
-    result = {"outputs": len(data), "pairs": len(data.pairs), **evaluate_model(model, data)}
-    if args.clip:
-        from train.metrics import ClipConfig, ClipScorer
-
-        scorer = ClipScorer(ClipConfig(model=args.clip))
-        result["clip_baseline"] = {
-            "definition": CLIP_BASELINE,
-            "perspectives": clip_baseline_metrics(scorer, data),
+    result: dict[str, Any] = {}
+    if args.ratings:
+        rated = store_ratings(args.ratings, model.config.image_size)
+        result["ratings"] = {
+            **rated.info,
+            "agreement": rating_agreement(predict_data(model, rated)[0], rated),
         }
+    if args.store:
+        systems = [s for s in args.systems.split(",") if s] or None
+        data = store_outputs(args.store, args.truth, systems, model.config.image_size)
+        result.update(outputs=len(data), pairs=len(data.pairs), **evaluate_model(model, data))
+        if args.clip:
+            from train.metrics import ClipConfig, ClipScorer
+
+            scorer = ClipScorer(ClipConfig(model=args.clip))
+            result["clip_baseline"] = {
+                "definition": CLIP_BASELINE,
+                "perspectives": clip_baseline_metrics(scorer, data),
+            }
     text = json.dumps(result, indent=1)
     if args.out:
         Path(args.out).write_text(text)
