@@ -58,6 +58,11 @@ DEFAULT_MODEL_PATH = REPO / "docs" / "demo_models" / "shapes_mrc"
 DEFAULT_REWARD_MODEL_PATH = DEFAULT_MODEL_PATH.parent / "shapes_reward_model"
 DEFAULT_BASELINE_PATH = REPO / "docs" / "demo_models" / "shapes_baseline"
 DEFAULT_DB_PATH = REPO / ".mrc" / "studio.db"
+# The demo models' outputs on the demo benchmark, shipped so that a first start does not spend
+# minutes generating them on a CPU: one folder per store run name (which carries the model's
+# fingerprint, so a retrained model never reuses another model's outputs), written by
+# ``python -m studio.demo cache``.
+OUTPUT_CACHE = REPO / "docs" / "demo_models" / "demo_outputs"
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,57 @@ def _model_systems() -> list[Any] | None:
     ]  # fmt: skip
 
 
+def _cache_folder(run_name: str) -> Path:
+    from train.evaluate.systems import safe_name
+
+    return OUTPUT_CACHE / safe_name(run_name)
+
+
+def _use_cached_outputs(store: Store, run: Any) -> int:
+    """Store the shipped outputs of runs that lack them; returns how many were used."""
+    used = 0
+    for state in run.states.values():
+        folder = _cache_folder(state.run_name)
+        index = folder / "outputs.json"
+        if not index.is_file():
+            continue
+        cached = json.loads(index.read_text())
+        for item_id, tid in run.triplet_of.items():
+            entry = cached.get(item_id)
+            if item_id in state.outputs or entry is None:
+                continue
+            store.add_output(state.run_id, tid, folder / entry["file"], seed=entry["seed"],
+                             seconds=entry["seconds"], meta={"item_id": item_id, "cached": True})  # fmt: skip
+            used += 1
+    return used
+
+
+def write_output_cache(store: Store, cfg: DemoConfig = DemoConfig()) -> list[Path]:
+    """Write the model systems' outputs of ``store``'s demo benchmark to :data:`OUTPUT_CACHE`."""
+    from train.benchmarks_sources import load_benchmark
+    from train.evaluate.runner import BenchmarkRun
+    from train.evaluate.systems import safe_name
+
+    systems = _model_systems()
+    if systems is None:
+        raise SystemExit("the demo models are not installed; there is nothing to cache.")
+    bench = load_benchmark(f"store:{store.path}?split=bench&source=shapes")
+    run = BenchmarkRun(bench, systems, store, batch_size=8, progress=False)
+    run.prepare()
+    folders = []
+    for state in run.states.values():
+        folder = _cache_folder(state.run_name)
+        folder.mkdir(parents=True, exist_ok=True)
+        index = {}
+        for item_id, out in state.outputs.items():
+            name = f"{safe_name(item_id)}.png"
+            store.image(out["image"]).save(folder / name)
+            index[item_id] = {"file": name, "seed": out["seed"], "seconds": out["seconds"]}
+        (folder / "outputs.json").write_text(json.dumps(index, indent=1, sort_keys=True))
+        folders.append(folder)
+    return folders
+
+
 def _benchmark_runs(store: Store, cfg: DemoConfig) -> None:
     """Register the benchmark items and the two systems' runs, with every verdict."""
     from data.shapes_judge import ShapesJudge
@@ -192,7 +248,14 @@ def _benchmark_runs(store: Store, cfg: DemoConfig) -> None:
     systems = _model_systems() or _demo_system_folders(store, bench, cfg)
     run = BenchmarkRun(bench, systems, store, batch_size=8, progress=False)
     run.prepare()
+    if _use_cached_outputs(store, run):
+        run.prepare()  # picks up the outputs just stored
+    missing = sum(len(bench.items) - len(s.outputs) for s in run.states.values())
+    if missing:
+        log.info("Demo set-up: generating %d benchmark outputs with the demo models (a few "
+                 "seconds each on a CPU).", missing)  # fmt: skip
     run.generate_all()
+    log.info("Demo set-up: judging the benchmark outputs (Shapes oracle and the demo judge).")
     for judge in (ShapesJudge(store), DemoNoisyJudge(store, cfg.judge_noise, cfg.seed)):
         run.judge_all(judge)
 
@@ -208,7 +271,7 @@ def ensure_demo_store(path: str | Path = DEFAULT_DB_PATH, cfg: DemoConfig = Demo
 
     store = Store(path)
     if store.count_triplets(source="shapes") == 0:
-        log.info("Creating the demo store in %s (first run; takes a few seconds).", store.path)
+        log.info("Demo set-up: creating the demo store (first start; about a minute).")
         synth = SynthConfig(
             train=cfg.n_train, bench=cfg.n_bench_scenes, seed=cfg.seed, size=cfg.size
         )
@@ -218,7 +281,9 @@ def ensure_demo_store(path: str | Path = DEFAULT_DB_PATH, cfg: DemoConfig = Demo
         (store.path.parent / f"{store.path.stem}_demo.json").write_text(
             json.dumps({"demo": asdict(cfg)}, indent=1)
         )
+    log.info("Demo set-up: labelling the training triplets (Shapes oracle and the demo judge).")
     _label_training(store, cfg)
+    log.info("Demo set-up: benchmark runs of the two systems.")
     _benchmark_runs(store, cfg)
     from studio.gold import add_shapes_gold
 
@@ -270,3 +335,26 @@ def example_inputs(store: Store, limit: int = 8) -> list[tuple[str, str]]:
         if len(picked) == limit:
             break
     return picked
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m studio.demo cache [DB]``: build (or open) a demo store and write the demo
+    models' benchmark outputs to :data:`OUTPUT_CACHE`, for the next first start."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m studio.demo", description=main.__doc__)
+    ap.add_argument("command", choices=("cache",))
+    ap.add_argument("db", nargs="?", help="a demo store to read (default: build one in a "
+                    "temporary folder)")  # fmt: skip
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ensure_demo_store(args.db or Path(tmp) / "studio.db")
+        for folder in write_output_cache(store):
+            print("wrote", folder)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

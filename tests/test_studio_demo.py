@@ -35,6 +35,13 @@ def test_demo_store_has_review_items_and_two_rated_runs(demo_store):
     # The shipped demo models are in the repository, so raters compare their real outputs.
     assert sorted(r["settings"]["system"] for r in runs) == ["shapes-baseline", "shapes-mrc"]
     assert all(r["n_outputs"] == 7 for r in runs)
+    # The shipped outputs of these very models (run names carry their fingerprint) spare a
+    # first start minutes of generation; a retrained model needs `python -m studio.demo cache`.
+    from studio.demo import _cache_folder
+
+    for run in runs:
+        index = _cache_folder(run["name"]) / "outputs.json"
+        assert index.is_file(), f"no shipped outputs for {run['name']}: python -m studio.demo cache"
     evaluation = default_evaluation(store)
     assert {evaluation.system_a, evaluation.system_b} == {r["name"] for r in runs}
     # Gold pairs (exact target vs a corruption, oracle-scored) for the rating campaign; the
