@@ -214,7 +214,7 @@ def _use_cached_outputs(store: Store, run: Any) -> int:
 
 def write_output_cache(store: Store, cfg: DemoConfig = DemoConfig()) -> list[Path]:
     """Write the model systems' outputs of ``store``'s demo benchmark to :data:`OUTPUT_CACHE`."""
-    from train.benchmarks_sources import load_benchmark
+    from train.evaluate.benchmarks import load_benchmark
     from train.evaluate.runner import BenchmarkRun
     from train.evaluate.systems import safe_name
 
@@ -241,7 +241,7 @@ def write_output_cache(store: Store, cfg: DemoConfig = DemoConfig()) -> list[Pat
 def _benchmark_runs(store: Store, cfg: DemoConfig) -> None:
     """Register the benchmark items and the two systems' runs, with every verdict."""
     from data.shapes_judge import ShapesJudge
-    from train.benchmarks_sources import load_benchmark
+    from train.evaluate.benchmarks import load_benchmark
     from train.evaluate.runner import BenchmarkRun
 
     bench = load_benchmark(f"store:{store.path}?split=bench&source=shapes")

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from core.judges.base import Evaluation, Judge, JudgeResult, JudgeSpec, Verdict
-from train.benchmarks_data import BenchmarkError
-from train.benchmarks_sources import load_benchmark
+from train.evaluate.benchmark_items import BenchmarkError
+from train.evaluate.benchmarks import load_benchmark
 from train.evaluate.cli import EvalConfig, run_evaluation
 from train.evaluate.systems import safe_name
 

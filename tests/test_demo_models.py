@@ -81,7 +81,7 @@ def artifact_energy(img: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def steering_outputs():
     """MRC outputs of four Shapes-Edit items at 5/5/5, 0/5/5 and 5/5/0 (empty failure texts)."""
-    from train.benchmarks_sources import load_benchmark
+    from train.evaluate.benchmarks import load_benchmark
 
     pipe = MRCInstructPix2PixPipeline.from_pretrained(MODELS / "shapes_mrc")
     # Whole-image edits, which the shipped models carry out (object-level ones they do not yet,
@@ -129,7 +129,7 @@ def test_shipped_reward_model_prefers_the_target_edit_to_a_copy_and_a_wrong_edit
     from data.shapes.corrupt import CorruptionConfig, corrupt
     from data.shapes.oracle import ShapesOracle, parse_meta
     from data.shapes.scene import SceneConfig
-    from train.benchmarks_sources import load_benchmark
+    from train.evaluate.benchmarks import load_benchmark
 
     folder = MODELS / "shapes_reward_model"
     assert folder_mb(folder) < 5

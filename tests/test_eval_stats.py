@@ -1,4 +1,4 @@
-"""Statistics behind the benchmark tables (train.stats) and the report tables (train.report)."""
+"""Statistics behind the benchmark tables (train.stats) and the report tables (train.evaluate.tables)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from scipy import stats as sps
 
 from core.rewards import PERSPECTIVES
-from train.report import (
+from train.evaluate.tables import (
     ReportConfig,
     agreement_table,
     failure_table,

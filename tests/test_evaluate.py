@@ -16,15 +16,23 @@ from PIL import Image
 
 from core.judges.base import Evaluation, Judge, JudgeResult, JudgeSpec, Verdict
 from core.store import Store
-from train.benchmarks_data import (
+from train.evaluate.benchmark_items import (
     BenchmarkError,
     FolderColumns,
     load_folder,
     load_real_edit,
     parse_real_edit_entry,
 )
-from train.benchmarks_sources import load_benchmark
+from train.evaluate.benchmarks import load_benchmark
 from train.evaluate.cli import EvalConfig, run_evaluation
+from train.evaluate.image_metrics import (
+    ClipConfig,
+    ClipScorer,
+    MetricInput,
+    compute_metrics,
+    l1_distance,
+    psnr,
+)
 from train.evaluate.systems import (
     expand_sweep,
     item_seed,
@@ -33,7 +41,6 @@ from train.evaluate.systems import (
     parse_system,
     safe_name,
 )
-from train.metrics import ClipConfig, ClipScorer, MetricInput, compute_metrics, l1_distance, psnr
 
 CATS = ["local", "remove", "add", "local", "remove", "add"]
 

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from data.shapes.captions import captions_from_meta
-from train.benchmarks_sources import load_benchmark
-from train.metrics import (
+from train.evaluate.benchmarks import load_benchmark
+from train.evaluate.image_metrics import (
     PERCENT_METRICS,
     TABLE2_METRICS,
     ClipConfig,

@@ -563,7 +563,7 @@ def test_rank_metrics_count_only_pairs_whose_labels_differ_enough():
 
 def test_clip_baseline_ranks_a_copy_as_best_preserved_and_without_direction(shapes_folder):
     from data.shapes import load_split
-    from train.metrics import ClipConfig, ClipScorer
+    from train.evaluate.image_metrics import ClipConfig, ClipScorer
     from train.reward_data import DataBuilder
     from train.reward_eval import clip_baseline, clip_baseline_metrics
 

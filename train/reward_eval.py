@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         data = store_outputs(args.store, args.truth, systems, model.config.image_size)
         result.update(outputs=len(data), pairs=len(data.pairs), **evaluate_model(model, data))
         if args.clip:
-            from train.metrics import ClipConfig, ClipScorer
+            from train.evaluate.image_metrics import ClipConfig, ClipScorer
 
             scorer = ClipScorer(ClipConfig(model=args.clip))
             result["clip_baseline"] = {

@@ -47,7 +47,7 @@ from .scene import (
 )
 
 # Real-Edit's instruction categories, in the order of the paper's Fig. 7. Shapes-Edit mirrors
-# them; train.benchmarks_data reads Real-Edit with this same tuple.
+# them; train.evaluate.benchmark_items reads Real-Edit with this same tuple.
 CATEGORIES: tuple[str, ...] = (
     "local",
     "remove",

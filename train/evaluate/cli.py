@@ -30,13 +30,13 @@ from typing import Any
 import pandas as pd
 
 from core.judges.base import Judge, judge_name_type, reward_model_folder
-from train.benchmarks_sources import load_benchmark
+from train.evaluate.benchmarks import load_benchmark
 from train.evaluate.gallery import pick_items, write_html, write_png
 from train.evaluate.metrics_stage import compute_run_metrics
+from train.evaluate.report import table1_section, write_report
 from train.evaluate.runner import BenchmarkRun
 from train.evaluate.systems import expand_sweep, parse_rewards, parse_sweep, parse_system
-from train.report import ReportConfig
-from train.report_render import table1_section, write_report
+from train.evaluate.tables import ReportConfig
 from train.stats import BootstrapConfig
 
 

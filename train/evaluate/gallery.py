@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from core.images import cap_long_side, encode_png, image_hash, load_image
 from core.rewards import PERSPECTIVES
-from train.benchmarks_data import BenchmarkItem
+from train.evaluate.benchmark_items import BenchmarkItem
 
 LETTER = {"following": "F", "preserving": "P", "quality": "Q"}
 

@@ -1,7 +1,7 @@
 """Reference metrics of every output of a run (L1 / PSNR to ground truth, CLIP-I / CLIP-T /
 CLIP direction).
 
-Computed in one batched pass per run (see :func:`train.metrics.compute_metrics`) and cached in a
+Computed in one batched pass per run (see :func:`train.evaluate.image_metrics.compute_metrics`) and cached in a
 JSON file keyed by (output image hash, benchmark triplet, CLIP model -- a local folder by its
 path and contents, see :func:`~train.evaluate.systems.model_digest` --, the item's captions), so a
 resumed run only measures new outputs and a caption that changed (or appeared: Shapes items got
@@ -21,8 +21,8 @@ import pandas as pd
 
 from core.fileio import write_atomic
 from core.images import load_image
+from train.evaluate.image_metrics import ClipConfig, ClipScorer, MetricInput, compute_metrics
 from train.evaluate.systems import model_digest
-from train.metrics import ClipConfig, ClipScorer, MetricInput, compute_metrics
 
 CACHE_VERSION = "v2"  # v2: keys include the captions (CLIP-T, CLIP direction depend on them)
 

@@ -39,7 +39,7 @@ from core.images import ImageError, image_hash, load_image
 from core.judges.base import Judge, JudgeInput, JudgeResult, JudgeSpec
 from core.rewards import PERSPECTIVES
 from data.judge_pool import judge_jobs
-from train.benchmarks_data import Benchmark, BenchmarkItem
+from train.evaluate.benchmark_items import Benchmark, BenchmarkItem
 from train.evaluate.generate import (
     GenerationResult,
     generate,
@@ -47,7 +47,7 @@ from train.evaluate.generate import (
     load_reward_model,
 )
 from train.evaluate.systems import SystemSpec, folder_identity, folder_outputs, model_digest
-from train.report import NO_OUTPUT
+from train.evaluate.tables import NO_OUTPUT
 
 BENCHMARK_SPLIT = "benchmark"
 BAD_OUTPUT = "bad_output"  # a pre-made output file that cannot be read

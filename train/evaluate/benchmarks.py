@@ -1,7 +1,7 @@
 """Loading a benchmark: :func:`load_benchmark` (the one entry point, from a short spec string),
 and the sources that live in other parts of MRC Studio: Shapes-Edit and store selections.
 
-Items, Real-Edit and folders are in :mod:`train.benchmarks_data`, which depends on nothing here;
+Items, Real-Edit and folders are in :mod:`train.evaluate.benchmark_items`, which depends on nothing here;
 this module adds ``data.shapes`` and ``core.store`` on top of it.
 """
 
@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl
 
 from PIL import Image
 
-from train.benchmarks_data import (
+from train.evaluate.benchmark_items import (
     Benchmark,
     BenchmarkError,
     BenchmarkItem,
@@ -163,7 +163,7 @@ def _is_shapes_meta(meta: Any) -> bool:
 def load_benchmark(spec: str, *, category_by_position: bool = False) -> Benchmark:
     """A benchmark from a short spec: ``shapes[:DIR]``, ``shapes?seed=S&size=PX&scenes=N``,
     ``real-edit:SRC``, ``folder:DIR`` or ``store:DB[?split=S&source=S&category=C]`` (see
-    :mod:`train.benchmarks_data`)."""
+    :mod:`train.evaluate.benchmark_items`)."""
     kind, _, arg = spec.partition(":")
     kind = kind.strip().lower()
     if kind.startswith("shapes?"):  # generated Shapes-Edit with options, e.g. shapes?size=32

@@ -6,7 +6,7 @@ judge context
 (the Shapes oracle's scene description). Every item has a stable ``item_id``, the key under which
 generations and verdicts are stored, so a re-run finds its earlier work.
 
-Sources (:func:`train.benchmarks_sources.load_benchmark` picks one from a short spec string):
+Sources (:func:`train.evaluate.benchmarks.load_benchmark` picks one from a short spec string):
 
 ``shapes`` / ``shapes?seed=S&size=PX&scenes=N`` / ``shapes:DIR``
     Shapes-Edit, the synthetic 560-item benchmark (80 scenes x 7 categories, exact ground truth),

@@ -1,4 +1,4 @@
-"""Markdown rendering and file output of a benchmark report (numbers come from train.report).
+"""Markdown rendering and file output of a benchmark report (numbers come from train.evaluate.tables).
 
 :func:`write_report` writes, into one folder::
 
@@ -26,8 +26,8 @@ from typing import Any
 import pandas as pd
 
 from core.rewards import PERSPECTIVES
-from train.metrics import METRIC_TITLES, PERCENT_METRICS, TABLE2_METRICS
-from train.report import (
+from train.evaluate.image_metrics import METRIC_TITLES, PERCENT_METRICS, TABLE2_METRICS
+from train.evaluate.tables import (
     ALL,
     ReportConfig,
     agreement_table,
@@ -220,7 +220,7 @@ TABLE2_HEADERS = {
 
 
 def table2_section(table2: pd.DataFrame, names: Sequence[str] = TABLE2_METRICS) -> str:
-    """The paper's Table 2 layout from :func:`train.report.table2_table`."""
+    """The paper's Table 2 layout from :func:`train.evaluate.tables.table2_table`."""
     rows = []
     for r in table2.to_dict("records"):
         cells = [f"`{r['system']}`"]
