@@ -18,8 +18,8 @@ failed and never succeeded), judge them with ``--concurrency`` in flight under t
 store each result as it arrives (ok labels also become the triplet's pending label for review),
 and print a summary: done, failed by reason, tokens and cost. ``--dry-run`` only counts and
 estimates the cost. ``--batch submit|poll|collect`` uses the OpenAI Batch API instead (half
-price, results within 24 h; see :mod:`data.batch`). Ctrl-C stops cleanly after storing what has
-arrived; a re-run continues where it stopped.
+price, results within 24 h; see :mod:`data.annotate_batch`). Ctrl-C stops cleanly after storing
+what has arrived; a re-run continues where it stopped.
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ def run_cli(args: argparse.Namespace) -> int:
         return 2
     judge = make_judge(args, store)
     if args.batch:
-        from data.batch import batch_command
+        from data.annotate_batch import batch_command
 
         return batch_command(args, store, judge)
     p = plan(

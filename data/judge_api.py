@@ -1,6 +1,6 @@
 """What the parts of the local judge server share: its errors and the interfaces between them.
 
-:mod:`data.judge_server` (HTTP), :mod:`data.judge_batches` (the Batch API) and the answerers
+:mod:`data.judge_server` (HTTP), :mod:`data.judge_server_batches` (the Batch API) and the answerers
 (:mod:`data.shapes_judge`) all import from here, so none of them imports another's internals.
 """
 

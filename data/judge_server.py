@@ -51,7 +51,6 @@ from core.judges.images import image_tokens
 from core.judges.prompts import Prompt, available_versions, load_prompt
 from core.store.triplets import triplet_id
 from data.judge_api import Answerer, HTTPError, UnknownItem
-from data.judge_batches import BatchRunner
 from data.judge_faults import (
     FaultConfig,
     add_fault_args,
@@ -60,6 +59,7 @@ from data.judge_faults import (
     render_reply,
     reply_object,
 )
+from data.judge_server_batches import BatchRunner
 from data.shapes_judge import ShapesAnswerer
 
 # -- the server ------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from core.judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig
 from core.judges.parsing import ReplyError, parse_annotation, parse_evaluation
 from core.judges.prompts import load_prompt_set
 from core.store import Store
-from data import batch as batch_mod
+from data import annotate_batch as batch_mod
 from data.annotate_runner import read_ledger
 from data.judge_faults import REPLY_STYLES, FaultConfig, corrupt_reply, render_reply, reply_object
 from data.shapes.oracle import ShapesOracle

@@ -136,7 +136,7 @@ def test_unusable_checkpoints_are_refused_before_the_cache_is_built(data, text_t
 
 
 def test_flip_draws_are_seeded_per_epoch_and_example():
-    from train.sampler import EpochBatchSampler
+    from train.data_order import EpochBatchSampler
 
     a = EpochBatchSampler(16, 4, seed=3, flip=True)
     b = EpochBatchSampler(16, 2, num_processes=2, process_index=1, seed=3, flip=True)

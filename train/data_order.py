@@ -17,21 +17,17 @@ than pickling iterator and generator states, everything random is *derived*:
   fresh ``torch.Generator`` seeded by :func:`stream_seed` ``(seed, process, k)``. They are drawn
   on the CPU, so a run is reproducible across devices too.
 
-The datasets here are what the DataLoader indexes: :class:`CachedData` gathers a batch of cached
-tensors in one call; :class:`PixelData` (the uncached path) decodes images and returns pixels and
-strings for the frozen encoders to process inside the loop.
+The datasets the sampler indexes (:class:`~train.training_data.CachedData`,
+:class:`~train.training_data.PixelData`) are in :mod:`train.training_data`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import torch
-
-from train.cache import TrainCache
-from train.datasets import EditExample, load_pair
 
 
 def stream_seed(seed: int, *parts: Any) -> int:
@@ -94,66 +90,3 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         while True:
             yield self.batch(k)
             k += 1
-
-
-def identity_collate(batch: Any) -> Any:
-    return batch
-
-
-def split_items(items: Sequence[Any]) -> tuple[list[int], list[bool] | None]:
-    """Sampler items -> (indices, flips or None): plain indices, or (index, flipped) pairs."""
-    if items and isinstance(items[0], tuple):
-        return [int(i) for i, _ in items], [bool(f) for _, f in items]
-    return [int(i) for i in items], None
-
-
-class CachedData(torch.utils.data.Dataset):
-    """The cache as a dataset; ``__getitems__`` gathers a whole batch (DataLoader fast path)."""
-
-    def __init__(self, cache: TrainCache):
-        self.cache = cache
-
-    def __len__(self) -> int:
-        return len(self.cache)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: v[0] for k, v in self.cache.gather([i]).items()}
-
-    def __getitems__(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
-        indices, flips = split_items(items)
-        return self.cache.gather(indices, flips)
-
-
-class PixelData(torch.utils.data.Dataset):
-    """Examples decoded on the fly: pixels, instructions, joined reward texts and scores."""
-
-    def __init__(
-        self, examples: Sequence[EditExample], resolution: int, reward_texts: list[str] | None
-    ):
-        self.examples, self.resolution, self.reward_texts = list(examples), resolution, reward_texts
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.__getitems__([i])
-
-    def __getitems__(self, items: Sequence[Any]) -> dict[str, Any]:
-        indices, flips = split_items(items)
-        pairs = [load_pair(self.examples[i], self.resolution) for i in indices]
-        original = torch.stack([p[0] for p in pairs])  # (B, 3, H, W)
-        edited = torch.stack([p[1] for p in pairs])
-        if flips is not None and any(flips):
-            f = torch.tensor(flips)
-            original[f], edited[f] = original[f].flip(-1), edited[f].flip(-1)
-        batch: dict[str, Any] = {
-            "original_pixels": original,
-            "edited_pixels": edited,
-            "prompts": [self.examples[i].instruction for i in indices],
-        }
-        if self.reward_texts is not None:
-            batch["reward_texts"] = [self.reward_texts[i] for i in indices]
-            batch["scores"] = torch.tensor(
-                [self.examples[i].rewards.scores for i in indices], dtype=torch.float32
-            )  # (B, 3)
-        return batch

@@ -38,6 +38,7 @@ from train.checkpoints import (
     save_checkpoint,
 )
 from train.config import TrainConfig
+from train.data_order import step_generator
 from train.hub import push_to_hub, results_summary, write_model_card
 from train.integrations import (
     apply_speed_settings,
@@ -57,7 +58,6 @@ from train.models import (
     set_trainable,
 )
 from train.objectives import objective_for_stage
-from train.sampler import step_generator
 from train.training_data import load_training_data, write_data_files
 from train.validation import save_grid
 

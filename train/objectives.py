@@ -28,7 +28,7 @@ accumulation)::
     pred   = UNet([zt, c_I], t, text[, reward])
     loss   = mse(pred, n or v(z0, n, t)) [x min-SNR weight]
 
-The draws are on the CPU from the micro-batch's generator (:func:`train.sampler.step_generator`),
+The draws are on the CPU from the micro-batch's generator (:func:`train.data_order.step_generator`),
 so a resumed run and a run on another process count draw the same numbers. Their order is part
 of the checkpoint format: a run resumed with a changed order would follow another trajectory.
 """

@@ -38,9 +38,9 @@ from train.checkpoints import (
     resolve_resume,
     save_checkpoint,
 )
+from train.data_order import EpochBatchSampler
 from train.datasets import BadDataLog
 from train.reward_data import RewardData, build_data
-from train.sampler import EpochBatchSampler
 
 # settings that define the trajectory: a resumed run must match the checkpoint's
 TRAJECTORY = ("shapes", "store", "store_split", "outputs", "outputs_judge", "max_train_samples", "variants", "tie_threshold",

@@ -39,7 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 from .edits import OPPOSITE_EFFECT, STYLES, Edit, apply_edit, apply_effect, line_width
-from .measure import object_contrast, sharpness, unique_colours
+from .pixel_measures import object_contrast, sharpness, unique_colours
 from .scene import (
     PALETTE,
     PALETTE_ARRAY,

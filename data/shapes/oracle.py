@@ -6,7 +6,7 @@ the triplet's meta), so it judges model outputs (blurry, noisy, low-resolution) 
 it judges the synthetic training data. Every number is documented in ``docs/shapes.md``.
 
 * **following** = how much of the required change happened inside the edit region:
-  ``completion`` (see ``measure.completion``) on Gaussian-smoothed images, mapped linearly to
+  ``completion`` (see ``pixel_measures.completion``) on Gaussian-smoothed images, mapped linearly to
   [0, 5] (>= ``follow_full`` gives 5). Before measuring, the reference is *aligned* where the
   instruction leaves freedom: an added object may sit anywhere in the named zone, and a
   stripe/check pattern may have any phase. An edit only counts where the rest of the scene is
@@ -35,9 +35,9 @@ import numpy as np
 
 from core.rewards import PERSPECTIVES, Rewards
 
-from . import measure as mz
+from . import pixel_measures as mz
 from .edits import Edit, apply_edit
-from .measurer import Finding, Measurer
+from .oracle_checks import Finding, Measurer
 from .scene import Scene
 
 
@@ -50,7 +50,7 @@ class OracleConfig:
     follow_zero: float = 0.10  # completion at or below which following scores 0
     scene_ok: float = 0.75  # following: share of kept objects seen in place for no cap...
     scene_lost: float = 0.5  # ... at or below which the scene is lost (following 0)
-    noise_ok: float = 0.20  # following: image-wide noise level (measure.noise_level) forgiven
+    noise_ok: float = 0.20  # following: image-wide noise (pixel_measures.noise_level) forgiven
     noise_lost: float = 0.30  # ... at or above which the scene is lost in noise (following 0)
     shift_tol: float = 30.0  # preserving: mean colour shift of an unnamed object forgiven
     shift_full: float = 90.0  # ... a shift this large counts as one whole changed object

@@ -1,4 +1,4 @@
-"""The measurements of the oracle judge for one edited image (see :mod:`data.shapes.oracle`).
+"""The oracle's checks of one edited image, perspective by perspective (:mod:`data.shapes.oracle`).
 
 Order matters: quality runs first and marks artifact pixels (noise, bands, blends); preserving
 then checks what the instruction did not name, ignoring artifacts, and marks the pixels its
@@ -15,7 +15,7 @@ import numpy as np
 
 from core.rewards import PERSPECTIVES
 
-from . import measure as mz
+from . import pixel_measures as mz
 from . import texts
 from .edits import Edit, apply_edit, apply_effect, line_width, pixel_block, texture_mask
 from .scene import SHAPES, Scene, in_zone, label_map, object_mask, region_name, render, rgb

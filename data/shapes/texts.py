@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import measure as mz
+from . import pixel_measures as mz
 from .edits import POSITION_PHRASES
 from .scene import object_mask, region_name
 
 if TYPE_CHECKING:
-    from .measurer import Measurer
+    from .oracle_checks import Measurer
 
 EFFECT_DONE = {
     "darker": "made darker",
