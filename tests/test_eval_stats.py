@@ -1,4 +1,5 @@
-"""Statistics behind the benchmark tables (train.stats) and the report tables (train.evaluate.tables)."""
+"""Statistics behind the benchmark tables (train.stats) and the report tables
+(train.evaluate.tables)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Loading a benchmark: :func:`load_benchmark` (the one entry point, from a short spec string),
 and the sources that live in other parts of MRC Studio: Shapes-Edit and store selections.
 
-Items, Real-Edit and folders are in :mod:`train.evaluate.benchmark_items`, which depends on nothing here;
-this module adds ``data.shapes`` and ``core.store`` on top of it.
+Items, Real-Edit and folders are in :mod:`train.evaluate.benchmark_items`, which depends on
+nothing here; this module adds ``data.shapes`` and ``core.store`` on top of it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Reference metrics of every output of a run (L1 / PSNR to ground truth, CLIP-I / CLIP-T /
 CLIP direction).
 
-Computed in one batched pass per run (see :func:`train.evaluate.image_metrics.compute_metrics`) and cached in a
-JSON file keyed by (output image hash, benchmark triplet, CLIP model -- a local folder by its
+Computed in one batched pass per run (see :func:`train.evaluate.image_metrics.compute_metrics`)
+and cached in a JSON file keyed by (output image hash, benchmark triplet, CLIP model -- a local folder by its
 path and contents, see :func:`~train.evaluate.systems.model_digest` --, the item's captions), so a
 resumed run only measures new outputs and a caption that changed (or appeared: Shapes items got
 captions later than the cache format's first version) is measured again. Keys carry a version

@@ -1,4 +1,4 @@
-"""Markdown rendering and file output of a benchmark report (numbers come from train.evaluate.tables).
+"""A benchmark report as files: Markdown and CSV (the numbers come from train.evaluate.tables).
 
 :func:`write_report` writes, into one folder::
 

@@ -1,4 +1,5 @@
-"""Benchmark reports: the paper's Tables 1, 2, 4 and 6 (with intervals and tests) as Markdown + CSV.
+"""The numbers of a benchmark report: the paper's Tables 1, 2, 4 and 6, with intervals and tests
+(:mod:`train.evaluate.report` writes them as Markdown + CSV).
 
 Everything here works on plain pandas frames, so a report can be rebuilt from the CSVs of a run
 (or from a notebook) without the store, the models or the judge.
