@@ -13,6 +13,9 @@ two VAE encodes and one or two text encodes per example per step. Here it is com
                       text_index.npy        (N,)          row 0 is the empty prompt (text dropout)
                       reward_text.npy       (V, D) or (V, L, D)   distinct joined failure texts
                       reward_text_index.npy (N,)
+                      reward_text_subset_index.npy (N, 8)  per-perspective text dropout only:
+                                          row m = the join with perspective k's text kept
+                                          where bit k of m is set, the others emptied
                       scores.npy            (N, 3)        reward scores (following, preserving, quality)
                       *_hflip.npy           (N, C, h, w)  random_flip: the three latent arrays of
                                                           the horizontally flipped images
@@ -52,6 +55,7 @@ from train.datasets import BadDataLog, BadItem, EditExample, scan
 CACHE_VERSION = 1
 ENCODE_BATCH = 32  # examples per VAE / text-encoder call while building
 LATENT_ARRAYS = ("original", "edited_mean", "edited_std")
+TEXT_SUBSETS = 8  # per-perspective text dropout: every keep/drop combination of 3 texts
 
 
 class FrozenEncoders:
@@ -96,6 +100,17 @@ class FrozenEncoders:
     def join(self, ex: EditExample) -> str:
         return join_reward_texts(ex.rewards, self.empty_text)
 
+    def subset_joins(self, ex: EditExample) -> list[str]:
+        """The 8 joins of ``ex``'s failure texts with some emptied: entry m keeps perspective
+        k's text where bit k of m is set (m = 7: all kept, :meth:`join`; m = 0: none)."""
+        texts = ex.rewards.texts
+        return [
+            join_reward_texts(
+                [t if m >> k & 1 else "" for k, t in enumerate(texts)], self.empty_text
+            )
+            for m in range(TEXT_SUBSETS)
+        ]
+
 
 def cache_key(
     encoder_hash: str,
@@ -106,11 +121,14 @@ def cache_key(
     reward_text_mode: str,
     encoder_dtype: str,
     flip: bool = False,
+    text_subsets: bool = False,
 ) -> str:
     h = hashlib.sha256(f"mrc-train-cache-v{CACHE_VERSION}".encode())
     settings = [encoder_hash, resolution, dtype, with_rewards, reward_text_mode, encoder_dtype]
     if flip:  # appended only when on, so the keys of existing caches are unchanged
         settings.append("hflip")
+    if text_subsets:
+        settings.append("reward-text-subsets")
     h.update(json.dumps(settings).encode())
     for ex in examples:
         h.update(ex.fingerprint().encode())
@@ -139,6 +157,9 @@ class TrainCache:
         if self.with_rewards:
             self.reward_text = torch.from_numpy(np.array(load("reward_text"), dtype=np.float32))
             self.reward_text_index = np.array(load("reward_text_index"))
+            self.subset_index = None
+            if self.meta.get("reward_text_subsets"):
+                self.subset_index = np.array(load("reward_text_subset_index"))
             self.scores = torch.from_numpy(np.array(load("scores"), dtype=np.float32))
 
     def __len__(self) -> int:
@@ -178,6 +199,9 @@ class TrainCache:
         if self.with_rewards:
             j = torch.from_numpy(self.reward_text_index[idx].astype(np.int64))
             batch["reward_text_embeds"] = self.reward_text[j]  # (B, D) / (B, L, D)
+            if self.subset_index is not None:
+                m = torch.from_numpy(self.subset_index[idx].astype(np.int64))  # (B, 8)
+                batch["reward_text_subsets"] = self.reward_text[m]  # (B, 8, D) / (B, 8, L, D)
             batch["scores"] = self.scores[torch.from_numpy(idx)]  # (B, 3)
         return batch
 
@@ -193,6 +217,7 @@ def build_or_load(
     log: BadDataLog,
     progress: bool = True,
     flip: bool = False,
+    text_subsets: bool = False,
 ) -> TrainCache:
     """The cache for ``key``: loaded when complete on disk, else built (bad examples go to
     ``log``, whose policy may stop the build). A cache hit re-reports the bad examples found
@@ -208,7 +233,8 @@ def build_or_load(
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        _build(tmp, key, examples, encoders, resolution, dtype, with_rewards, log, progress, flip)
+        _build(tmp, key, examples, encoders, resolution, dtype, with_rewards, log, progress, flip,
+               text_subsets)  # fmt: skip
         if (final / "meta.json").exists():  # another process finished first: keep theirs
             shutil.rmtree(tmp)
         else:
@@ -232,6 +258,7 @@ def _build(
     log: BadDataLog,
     progress: bool,
     flip: bool = False,
+    text_subsets: bool = False,
 ) -> None:
     from tqdm.auto import tqdm
 
@@ -300,10 +327,14 @@ def _build(
     np.save(out / "text_index.npy", np.array([index[ex.instruction] for ex in kept], np.int32))
     if with_rewards:
         joined = [enc.join(ex) for ex in kept]
-        distinct = list(dict.fromkeys(joined))
+        subsets = [enc.subset_joins(ex) for ex in kept] if text_subsets else []
+        distinct = list(dict.fromkeys([*joined, *(t for row in subsets for t in row)]))
         rindex = {t: i for i, t in enumerate(distinct)}
         _save_embeddings(out / "reward_text.npy", distinct, enc.reward_texts, np_dtype)
         np.save(out / "reward_text_index.npy", np.array([rindex[t] for t in joined], np.int32))
+        if text_subsets:
+            rows = [[rindex[t] for t in row] for row in subsets]
+            np.save(out / "reward_text_subset_index.npy", np.array(rows, np.int32))
         np.save(out / "scores.npy", np.array([ex.rewards.scores for ex in kept], np.float32))
     meta = {
         "version": CACHE_VERSION,
@@ -315,6 +346,7 @@ def _build(
         "dtype": dtype,
         "with_rewards": with_rewards,
         **({"views": ["identity", "hflip"]} if flip else {}),
+        **({"reward_text_subsets": True} if with_rewards and text_subsets else {}),
         "distinct_instructions": len(texts) - 1,
         "build_seconds": round(time.perf_counter() - t0, 2),
     }

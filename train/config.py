@@ -36,6 +36,7 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
 CACHE_DTYPES = ("float32", "float16")
 REWARD_TEXT_MODES = ("pooled", "sequence")
+REWARD_TEXT_DROPOUT_MODES = ("all", "per_perspective")
 LR_SCHEDULERS = (
     "constant",
     "constant_with_warmup",
@@ -209,6 +210,13 @@ class TrainConfig:
         "scores. Judges write an empty text exactly when a score is perfect, so without it the "
         "text already says everything and the scores (the studio's sliders) are never learned.",
     )
+    reward_text_dropout_mode: str = _f(
+        "all",
+        "Stage 2: 'all' replaces the three failure texts together; 'per_perspective' replaces "
+        "each perspective's text on its own, with reward_text_dropout_prob, keeping every "
+        "score, so that each score must also be read next to the other perspectives' texts "
+        "(the cache then holds the embeddings of all 8 combinations).",
+    )
     snr_gamma: float = _f(0.0, "Min-SNR loss weighting gamma (0: plain MSE; 5 is common).")
     vae_kl_weight: float = _f(
         1e-4, "Stage 0: weight of the KL term (per latent element) against the pixel MSE."
@@ -280,6 +288,7 @@ class TrainConfig:
             "lr_scheduler": LR_SCHEDULERS,
             "beta_schedule": BETA_SCHEDULES,
             "reward_text_mode": REWARD_TEXT_MODES,
+            "reward_text_dropout_mode": REWARD_TEXT_DROPOUT_MODES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -25,6 +25,7 @@ accumulation)::
     c_I    -> zeros         where q <= p < 3q        #   q = conditioning_dropout_prob
     reward -> learned null  where u < reward_dropout          # u ~ U(g), drawn in stage 1 too
     r_text -> empty texts   where v < reward_text_dropout     # stage 2: scores alone, v ~ U(g)
+                                                              #   (per_perspective: v is (B, 3))
     pred   = UNet([zt, c_I], t, text[, reward])
     loss   = mse(pred, n or v(z0, n, t)) [x min-SNR weight]
 
@@ -137,6 +138,10 @@ class DiffusionObjective:
         if "reward_texts" in batch:
             cond["reward_text_embeds"] = enc.reward_texts(batch["reward_texts"])
             cond["scores"] = batch["scores"]
+        if "reward_text_subsets" in batch:  # (B, 8, D) / (B, 8, L, D)
+            rows = batch["reward_text_subsets"]
+            flat = enc.reward_texts([t for row in rows for t in row])
+            cond["reward_text_subsets"] = flat.view(len(rows), -1, *flat.shape[1:])
         return cond
 
     def loss(self, module: Any, cond: dict[str, torch.Tensor], g: torch.Generator) -> torch.Tensor:
@@ -222,15 +227,23 @@ class RewardDiffusionObjective(DiffusionObjective):
             t,
             text,
             scores=cond["scores"],
-            reward_text_embeds=self.drop_reward_texts(cond["reward_text_embeds"], g),
+            reward_text_embeds=self.drop_reward_texts(cond, g),
             drop_mask=u < self.cfg.reward_dropout_prob,
         ).sample
 
-    def drop_reward_texts(self, embeds: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """Failure texts -> the empty texts with probability reward_text_dropout_prob, so that
-        the scores alone must carry the reward (drawn after every other draw of the step)."""
-        v = torch.rand(embeds.shape[0], generator=g).to(self.device)
-        drop = (v < self.cfg.reward_text_dropout_prob).view(-1, *([1] * (embeds.dim() - 1)))
+    def drop_reward_texts(self, cond: dict[str, torch.Tensor], g: torch.Generator) -> torch.Tensor:
+        """Failure texts -> empty texts with probability reward_text_dropout_prob (scores kept),
+        so that the scores must carry the reward; drawn after every other draw of the step.
+        ``all``: the three texts together, one draw per sample. ``per_perspective``: one draw
+        per perspective; the embedding of the join with exactly the dropped texts emptied."""
+        embeds = cond["reward_text_embeds"]
+        b, p = embeds.shape[0], self.cfg.reward_text_dropout_prob
+        if self.cfg.reward_text_dropout_mode == "per_perspective":
+            keep = torch.rand((b, 3), generator=g).to(self.device) >= p  # (B, 3)
+            combination = (keep.long() * torch.tensor([1, 2, 4], device=self.device)).sum(1)
+            return cond["reward_text_subsets"][torch.arange(b, device=self.device), combination]
+        v = torch.rand(b, generator=g).to(self.device)
+        drop = (v < p).view(-1, *([1] * (embeds.dim() - 1)))
         return torch.where(drop, self.empty_reward_text.to(embeds.dtype), embeds)
 
 
