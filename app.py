@@ -16,6 +16,7 @@ import argparse
 import getpass
 import logging
 import sys
+import time
 from pathlib import Path
 
 DEFAULT_HOST = "127.0.0.1"
@@ -115,7 +116,15 @@ def users_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _step(message: str, started: float) -> None:
+    """One line of start-up progress, with the seconds since the start."""
+    print(f"[{time.monotonic() - started:5.1f} s] {message}", flush=True)
+
+
 def serve(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    _step("Starting MRC Studio: loading torch, diffusers and gradio (20-60 s on a small CPU)...",
+          started)  # fmt: skip
     from core.store import Store, StoreError
     from studio.app import build_demo, create_context, default_evaluation, launch_kwargs
     from studio.auth import LOCAL_USER, is_local_host
@@ -125,6 +134,7 @@ def serve(args: argparse.Namespace) -> int:
 
     login = args.auth or not is_local_host(args.host)
     is_demo_db = Path(args.db).resolve() == Path(DEFAULT_DB_PATH).resolve()
+    _step("Opening the store" + (" (the demo set-up)" if is_demo_db else "") + "...", started)
     store = ensure_demo_store(args.db) if is_demo_db else Store(args.db)
     if login and not [u for u in store.list_users() if u["active"] and u["name"] != LOCAL_USER]:
         print(
@@ -133,6 +143,7 @@ def serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    _step("Loading the editing model...", started)
     try:
         model = load_edit_model(args.model, args.device, args.reward_model)
     except ValueError as e:
@@ -153,7 +164,9 @@ def serve(args: argparse.Namespace) -> int:
     except (StoreError, ValueError) as e:  # e.g. --compare names a run that does not exist
         print(f"error: {e}", file=sys.stderr)
         return 2
+    _step("Building the interface...", started)
     demo = build_demo(ctx)
+    _step("Serving.", started)
     demo.launch(**launch_kwargs(ctx, args.host, args.port))
     return 0
 

@@ -400,9 +400,9 @@ def build_review_tab(ctx: StudioContext) -> dict[str, Any]:
     header = gr.Markdown(elem_id="review-header")
     with gr.Row():
         shown = dict(interactive=False, format="png", height=280, elem_classes=["mrc-pixels"])
-        original = gr.Image(label="Original", type="filepath", **shown)
-        edited = gr.Image(label="Edited", type="filepath", **shown)
-        diff = gr.Image(label="Difference ×3", type="filepath", **shown)
+        original = gr.Image(label="Original", type="filepath", elem_id="review-original", **shown)
+        edited = gr.Image(label="Edited", type="filepath", elem_id="review-edited", **shown)
+        diff = gr.Image(label="Difference ×3", type="filepath", elem_id="review-diff", **shown)
     annotations = gr.Dataframe(
         headers=ANNOTATION_COLUMNS, label="Judge and human annotations", interactive=False
     )

@@ -35,21 +35,27 @@ def simulate_ratings(store, url: str, password: str, seed: int = 0) -> int:
         v["output_id"]: v["verdict"]
         for v in store.verdicts(judge_model="shapes-oracle-v1", status="ok")
     }
+    gold = {g["id"]: g for g in store.gold_items()}
     done = 0
     for rater in RATERS:
         client = Client(url, auth=(rater, password), verbose=False, download_files=False)
         while client.predict(api_name="/rate_next")[1] is not None:
             with store.db() as db:
                 a = db.execute(
-                    "SELECT output_a, output_b, a_side FROM rating_assignments "
+                    "SELECT output_a, output_b, a_side, gold_id FROM rating_assignments "
                     "WHERE rater = ? AND status = 'pending' ORDER BY id LIMIT 1",
                     [rater],
                 ).fetchone()
-            sides = (a[0], a[1]) if a[2] == "L" else (a[1], a[0])
+            if a[3] is not None:  # a gold pair: the known scores of its better / worse image
+                g = gold[a[3]]
+                known = [{p: g[f"{k}_{p}"] for p in PERSPECTIVES} for k in ("better", "worse")]
+            else:
+                known = [{p: oracle[o][p]["score"] for p in PERSPECTIVES} for o in a[:2]]
+            sides = known if a[2] == "L" else known[::-1]
             scores = []
-            for output in sides:
+            for truth in sides:
                 for p in PERSPECTIVES:
-                    noisy = oracle[output][p]["score"] + rng.normal(0.0, 0.8)
+                    noisy = truth[p] + rng.normal(0.0, 0.8)
                     scores.append(str(int(np.clip(np.rint(noisy), 0, 5))))
             left, right = sum(map(int, scores[:3])), sum(map(int, scores[3:]))
             pref = "tie" if abs(left - right) <= 1 else ("left" if left > right else "right")
@@ -101,9 +107,14 @@ def capture(url: str, out: Path) -> list[Path]:
         page.get_by_text("Results (admin)").click()
         page.locator("#results-refresh").click()
         page.get_by_text("Means with 95% bootstrap intervals").wait_for()
+        page.get_by_text("Evaluation set-up (admin)").click()
         page.wait_for_timeout(1000)
         paths.append(out / "studio_results.png")
         page.locator("#results-box").screenshot(path=paths[-1])
+        paths.append(out / "studio_rate_setup.png")
+        page.get_by_text("Evaluation set-up (admin)").locator("xpath=ancestor::*[2]").screenshot(
+            path=paths[-1]
+        )
         browser.close()
     return paths
 
@@ -127,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             store.add_user(rater, "rater", password)
         for login in (True, False):  # rate as three raters, then look as the local admin
             # overlap 3 for the simulated raters; 4 leaves a pair for the admin's screenshot
-            evaluation = default_evaluation(store, overlap=3 if login else 4)
+            evaluation = default_evaluation(store, overlap=3 if login else 4, gold_share=0.2)
             ctx = create_context(
                 store, model, login_required=login, evaluation=evaluation,
                 banner=demo_banner(store, model), examples=example_inputs(store),
