@@ -118,7 +118,7 @@ def clip_baseline(scorer: Any, data: RewardData, batch_size: int = 512) -> dict[
     """What CLIP alone says about each triplet, without a target (as a judge sees it): the
     direction score for following and the image similarity for preserving. CLIP has no
     perspective for generation quality, so the baseline gives none. ``scorer`` is a
-    :class:`train.metrics.ClipScorer`."""
+    :class:`train.evaluate.image_metrics.ClipScorer`."""
     from PIL import Image
 
     def embed(images: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ Each step draws ``batch_size`` scored triplets (Gaussian NLL on their scores) an
 pairs of edits of the same input (the uncertainty-aware pairwise loss with ties split as in
 EditReward); see :mod:`train.reward_data` for where they come from. Runs under ``accelerate``
 (CPU, one GPU or ``accelerate launch`` for several), with atomic checkpoints and exact resume
-(batches are pure functions of the seed and the step, :mod:`train.sampler`). The output folder:
+(batches are pure functions of the seed and the step, :mod:`train.data_order`). The output folder:
 
     config.yaml  data_report.json  bad_data.jsonl  data.pt (the decoded data, reused on resume)
     checkpoint-<step>/  logs/metrics.jsonl  model/ (EditRewardModel.from_pretrained)  eval.json
