@@ -78,7 +78,7 @@ def capture(url: str, out: Path) -> list[Path]:
         page.locator("#edit-run").click()
         page.locator("#edit-status").get_by_text("Edited").wait_for()
         page.locator("#edit-sweep").click()
-        page.locator("#edit-grid img").wait_for()
+        page.locator("#edit-grid img").wait_for(timeout=300_000)  # nine images on a CPU
         paths.append(out / "studio_edit.png")
         page.screenshot(path=paths[-1], full_page=True)
 
