@@ -169,7 +169,7 @@ def show_results(ctx: StudioContext, request: gr.Request):
     _admin(ctx, request)
     report = results(ctx.store)
     if report.ratings.empty:
-        note = "No ratings yet."
+        note = "No team ratings yet." if len(report.raters) else "No ratings yet."
     else:
         note = (
             f"{report.ratings['rater'].nunique()} raters, "

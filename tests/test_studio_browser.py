@@ -119,9 +119,12 @@ def test_edit_review_rate_and_results_in_the_browser(browser, tmp_path):
         a = (row["a_following"], row["a_preserving"], row["a_quality"])
         assert a == (left if row["a_side"] == "L" else (1.0, 2.0, 0.0))
         page.locator("#results-refresh").click()
-        page.get_by_text("1 raters").wait_for()
-        after = page.locator("#results-scores").inner_text()
-        assert after != before and SYSTEM_A in after and SYSTEM_B in after
+        # A local single-user rating is kept out of the team's tables and shown apart (#14.4).
+        page.get_by_text("counted apart").wait_for()
+        assert "No team ratings yet." in page.locator("#results-box").inner_text()
+        assert page.locator("#results-scores").inner_text() == before
+        local = page.locator("#results-local").inner_text()
+        assert SYSTEM_A in local and SYSTEM_B in local
         page.close()
 
 
