@@ -21,6 +21,7 @@ from typing import Any
 
 import gradio as gr
 
+from core.review_queue import ReviewQueue
 from core.store import DEFAULT_LOCK_SECONDS, Store
 from studio.auth import Access, ensure_local_user, password_check, visible_tabs
 from studio.context import StudioContext, bind, username
@@ -29,7 +30,6 @@ from studio.media import DifferenceImages, NeutralImages, serve_statically
 from studio.model import EditModel
 from studio.rate_tab import admin_setup, build_rate_tab
 from studio.rating import BlindRating, Evaluation
-from studio.review import ReviewQueue
 from studio.review_tab import ANY, build_review_tab, filter_choices
 
 HOTKEYS = Path(__file__).with_name("hotkeys.js")

@@ -21,13 +21,13 @@ from typing import Any, TypeVar
 import gradio as gr
 
 from core.images import ImageError
+from core.review_queue import ReviewQueue
 from core.rewards import RewardValidationError
 from core.store import Store, StoreError
 from studio.auth import Access, AccessDenied
 from studio.media import DifferenceImages, NeutralImages
 from studio.model import EditModel
 from studio.rating import BlindRating
-from studio.review import ReviewQueue
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -17,11 +17,11 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from core.review_queue import STATUS_FILTERS, ReviewFilter, ReviewItem
 from core.rewards import PERSPECTIVES, TITLES, Rewards
 from core.store import ConflictError, LabelRecord, LockedError
 from studio.auth import CAN_REVIEW
 from studio.context import StudioContext, bind, user_errors, username
-from studio.review import STATUS_FILTERS, ReviewFilter, ReviewItem
 
 ANY = "(any)"
 ANNOTATION_COLUMNS = ["source", "prompt", *PERSPECTIVES, "failure points"]
