@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks.bench_review import percentile
 from studio.app import create_context
 from studio.rating import Evaluation
 from tests.studio_helpers import SYSTEM_A, SYSTEM_B, build_store, serve, tiny_model
@@ -72,14 +73,6 @@ TIME_STEP = """async (buttonId) => {
 }"""
 
 
-def _percentile(values: list[float], q: int) -> float:
-    return (
-        statistics.quantiles(values, n=100, method="inclusive")[q - 1]
-        if len(values) > 1
-        else values[0]
-    )
-
-
 def measure(browser: Any, folder: Path, rounds: int) -> dict[str, Any]:
     """Timings (ms) of next / save + next / the fetch baseline for three signed-in users;
     the store afterwards, to check the saves happened."""
@@ -112,7 +105,7 @@ def measure(browser: Any, folder: Path, rounds: int) -> dict[str, Any]:
 def summarise(timings: dict[str, list[float]]) -> dict[str, Any]:
     out: dict[str, Any] = {
         step: {"n": len(v), "p50_ms": round(statistics.median(v), 1),
-               "p95_ms": round(_percentile(v, 95), 1), "max_ms": round(max(v), 1)}
+               "p95_ms": round(percentile(v, 95), 1), "max_ms": round(max(v), 1)}
         for step, v in timings.items()
     }  # fmt: skip
     floor = max(out["fetch"]["p95_ms"], 0.1)
