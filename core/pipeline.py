@@ -24,7 +24,9 @@ The reward (tokens and time term) does not depend on the timestep, so it is comp
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -79,6 +81,32 @@ def make_scheduler(name: str, config: Any = None, **overrides: Any):
     return SCHEDULERS[name](**{**SD_SCHEDULE, **overrides})
 
 
+# InstructPix2Pix's guidance (Brooks et al.), used unless a pipeline folder records its own.
+DEFAULT_GUIDANCE = (7.5, 1.5)  # (text, image)
+
+
+def recorded_guidance(folder: str | Path) -> tuple[float, float]:
+    """The (text, image) guidance a pipeline folder records in ``model_index.json``
+    (``default_guidance_scale``, ``default_image_guidance_scale``), read without loading the
+    model; :data:`DEFAULT_GUIDANCE` for what records none (a stock folder, a hub id)."""
+    index = Path(folder).expanduser() / "model_index.json"
+    if not index.is_file():
+        return DEFAULT_GUIDANCE
+    try:
+        cfg = json.loads(index.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {index}: {e}") from e
+    return (
+        check_scale(
+            cfg.get("default_guidance_scale", DEFAULT_GUIDANCE[0]), "default_guidance_scale"
+        ),
+        check_scale(
+            cfg.get("default_image_guidance_scale", DEFAULT_GUIDANCE[1]),
+            "default_image_guidance_scale",
+        ),
+    )
+
+
 class MRCInstructPix2PixPipeline(DiffusionPipeline, StableDiffusionMixin):
     """Reward-conditioned InstructPix2Pix (Gu et al., ICLR 2025) on stock diffusers components."""
 
@@ -96,8 +124,12 @@ class MRCInstructPix2PixPipeline(DiffusionPipeline, StableDiffusionMixin):
         unet: UNet2DConditionModel,
         scheduler: Any,
         reward_module: MultiRewardCondition | None = None,
+        default_guidance_scale: float = DEFAULT_GUIDANCE[0],
+        default_image_guidance_scale: float = DEFAULT_GUIDANCE[1],
     ):
         super().__init__()
+        check_scale(default_guidance_scale, "default_guidance_scale", minimum=1.0)
+        check_scale(default_image_guidance_scale, "default_image_guidance_scale", minimum=1.0)
         if reward_module is None:  # e.g. a stock InstructPix2Pix folder: identity MRC module
             reward_module = MultiRewardCondition.from_unet_config(
                 unet.config, text_encoder.config.hidden_size
@@ -112,6 +144,12 @@ class MRCInstructPix2PixPipeline(DiffusionPipeline, StableDiffusionMixin):
             unet=unet,
             scheduler=scheduler,
             reward_module=reward_module,
+        )
+        # The guidance a call uses when it names none, saved in model_index.json: InstructPix2Pix's
+        # 7.5 / 1.5 unless the folder records values measured for this model (set_default_guidance).
+        self.register_to_config(
+            default_guidance_scale=float(default_guidance_scale),
+            default_image_guidance_scale=float(default_image_guidance_scale),
         )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
@@ -143,6 +181,17 @@ class MRCInstructPix2PixPipeline(DiffusionPipeline, StableDiffusionMixin):
     @property
     def interrupt(self) -> bool:
         return self._interrupt
+
+    def set_default_guidance(self, guidance_scale: float, image_guidance_scale: float) -> None:
+        """Record the text / image guidance that calls naming none use (saved by
+        ``save_pretrained`` in ``model_index.json``): e.g. values measured for a small model, for
+        which InstructPix2Pix's 7.5 over-saturates."""
+        check_scale(guidance_scale, "default_guidance_scale", minimum=1.0)
+        check_scale(image_guidance_scale, "default_image_guidance_scale", minimum=1.0)
+        self.register_to_config(
+            default_guidance_scale=float(guidance_scale),
+            default_image_guidance_scale=float(image_guidance_scale),
+        )
 
     def set_scheduler(self, name: str) -> None:
         """Swap the sampler, keeping the training schedule (``euler``, ``dpm``, ...)."""
@@ -279,8 +328,8 @@ class MRCInstructPix2PixPipeline(DiffusionPipeline, StableDiffusionMixin):
         rewards: Any = (5, 5, 5),
         reward_text: Any = None,
         num_inference_steps: int = 100,
-        guidance_scale: float = 7.5,
-        image_guidance_scale: float = 1.5,
+        guidance_scale: float | None = None,
+        image_guidance_scale: float | None = None,
         reward_guidance_scale: float = 1.0,
         negative_prompt: str | list[str] | None = None,
         num_images_per_prompt: int = 1,
@@ -302,12 +351,18 @@ class MRCInstructPix2PixPipeline(DiffusionPipeline, StableDiffusionMixin):
             rewards: (following, preserving, quality) scores in [0, 5], a ``Rewards``, or one per
                 prompt. (5, 5, 5) asks for the best edit.
             reward_text: three failure texts ("" for none), or one triple per prompt.
-            guidance_scale / image_guidance_scale: InstructPix2Pix's text and image guidance.
+            guidance_scale / image_guidance_scale: InstructPix2Pix's text and image guidance;
+                None: the folder's recorded defaults (``config.default_guidance_scale``,
+                ``config.default_image_guidance_scale``; 7.5 and 1.5 unless measured otherwise).
             reward_guidance_scale: 1 reproduces the paper; > 1 pushes away from the null reward.
             The rest are as in diffusers' ``StableDiffusionInstructPix2PixPipeline``.
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        if guidance_scale is None:
+            guidance_scale = self.config.default_guidance_scale
+        if image_guidance_scale is None:
+            image_guidance_scale = self.config.default_image_guidance_scale
         # 0. Validate all inputs before any model runs.
         prompts, negatives, images, requests = self.check_inputs(
             prompt, image, rewards, reward_text, num_inference_steps, guidance_scale,

@@ -174,17 +174,16 @@ def _demo_system_folders(store: Store, bench: Any, cfg: DemoConfig) -> list[Any]
 
 
 def _model_systems() -> list[Any] | None:
-    """The shipped demo models as systems, or None while they are not installed."""
-    from train.evaluate.systems import SystemSpec, detect_kind
+    """The shipped demo models as systems (at the guidance their folders record), or None while
+    they are not installed."""
+    from train.evaluate.systems import parse_system
 
     if not (DEFAULT_MODEL_PATH.is_dir() and DEFAULT_BASELINE_PATH.is_dir()):
         return None
     return [
-        SystemSpec("shapes-baseline", str(DEFAULT_BASELINE_PATH),
-                   kind=detect_kind(str(DEFAULT_BASELINE_PATH)), num_inference_steps=20),
-        SystemSpec("shapes-mrc", str(DEFAULT_MODEL_PATH),
-                   kind=detect_kind(str(DEFAULT_MODEL_PATH)), num_inference_steps=20),
-    ]  # fmt: skip
+        parse_system(f"shapes-baseline={DEFAULT_BASELINE_PATH},steps=20"),
+        parse_system(f"shapes-mrc={DEFAULT_MODEL_PATH},steps=20"),
+    ]
 
 
 def _cache_folder(run_name: str) -> Path:

@@ -265,16 +265,18 @@ def build_edit_tab(ctx: StudioContext) -> dict[str, Any]:
                     for p in PERSPECTIVES
                 ]
             with gr.Accordion("Sampling", open=False):
-                steps = gr.Slider(1, 100, value=EditSettings.steps, step=1, label="Steps")
+                start = ctx.model.default_settings  # the guidance the model's folder records
+                steps = gr.Slider(1, 100, value=start.steps, step=1, label="Steps")
                 text_cfg = gr.Slider(
-                    1, 15, value=EditSettings.guidance_scale, step=0.1, label="Text guidance"
-                )
+                    1, 15, value=start.guidance_scale, step=0.1, label="Text guidance",
+                    info=f"This model's recorded default: {start.guidance_scale:g}.",
+                )  # fmt: skip
                 image_cfg = gr.Slider(
-                    1, 5, value=EditSettings.image_guidance_scale, step=0.05,
+                    1, 5, value=start.image_guidance_scale, step=0.05,
                     label="Image guidance",
                 )  # fmt: skip
                 reward_cfg = gr.Slider(
-                    0, 5, value=EditSettings.reward_guidance_scale, step=0.1,
+                    0, 5, value=start.reward_guidance_scale, step=0.1,
                     label="Reward guidance", info="1 reproduces the paper; above 1 strengthens "
                     "the rewards (needs a model trained with reward dropout).",
                 )  # fmt: skip

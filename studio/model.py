@@ -45,8 +45,10 @@ class EditSettings:
     rewards: tuple[float, float, float] = (5.0, 5.0, 5.0)  # following, preserving, quality
     reward_text: tuple[str, str, str] = ("", "", "")  # failure texts; "" means none
     steps: int = 30  # Euler-Ancestral steps, as the authors' eval.py
-    guidance_scale: float = 7.5  # text guidance (InstructPix2Pix)
-    image_guidance_scale: float = 1.5  # image guidance (InstructPix2Pix)
+    # Text / image guidance (InstructPix2Pix); None: the model's recorded defaults
+    # (EditModel.default_settings; 7.5 / 1.5 unless its folder records measured ones).
+    guidance_scale: float | None = None
+    image_guidance_scale: float | None = None
     reward_guidance_scale: float = 1.0  # 1 = the paper; > 1 pushes away from the null reward
     seed: int = 0
 
@@ -70,6 +72,16 @@ class EditModel:
         size = unet.sample_size
         size = size[0] if isinstance(size, (list, tuple)) else size
         return int(size) * factor
+
+    @property
+    def default_settings(self) -> EditSettings:
+        """The paper's settings with the guidance this model's folder records (model_index.json):
+        what the Edit tab's sliders start at."""
+        cfg = self.pipeline.config
+        return EditSettings(
+            guidance_scale=float(cfg.default_guidance_scale),
+            image_guidance_scale=float(cfg.default_image_guidance_scale),
+        )
 
     def _prepare(self, image: Any) -> Image.Image:
         img = load_image(image)
@@ -105,8 +117,8 @@ class EditModel:
             rewards=rewards,
             reward_text=texts,
             num_inference_steps=int(settings.steps),
-            guidance_scale=float(settings.guidance_scale),
-            image_guidance_scale=float(settings.image_guidance_scale),
+            guidance_scale=settings.guidance_scale,  # None: the pipeline's recorded default
+            image_guidance_scale=settings.image_guidance_scale,
             reward_guidance_scale=float(settings.reward_guidance_scale),
             generator=generators,
             callback_on_step_end=on_step,

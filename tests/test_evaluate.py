@@ -305,6 +305,25 @@ def test_worst_case_policy_and_explicit_comparison(tmp_path, models):
 # -- systems -------------------------------------------------------------------------------------
 
 
+def test_unset_guidance_is_the_folders_recorded_default(models, tmp_path):
+    import shutil
+
+    assert (parse_system(f"m={models['mrc']}").guidance_scale,
+            parse_system(f"m={models['mrc']}").image_guidance_scale) == (7.5, 1.5)  # fmt: skip
+    folder = tmp_path / "tuned"
+    shutil.copytree(models["mrc"], folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(default_guidance_scale=2.0, default_image_guidance_scale=1.25)
+    (folder / "model_index.json").write_text(json.dumps(index))
+    s = parse_system(f"t={folder}")
+    assert (s.guidance_scale, s.image_guidance_scale) == (2.0, 1.25)
+    assert parse_system(f"t={folder},guidance=4").guidance_scale == 4.0  # the system's own wins
+    cli = {"guidance_scale": None, "image_guidance_scale": 1.5}  # --image-guidance 1.5 only
+    s = parse_system(f"t={folder}", cli)
+    assert (s.guidance_scale, s.image_guidance_scale) == (2.0, 1.5)
+    assert s.fingerprint("d") != parse_system(f"t={folder},guidance=7.5", cli).fingerprint("d")
+
+
 def test_system_parsing_and_sweeps(models):
     s = parse_system(f"m={models['mrc']},rewards=5/3/1,steps=7,reward_guidance=2,reward_text=a;b;c")
     assert (s.kind, s.rewards, s.num_inference_steps) == ("mrc", (5.0, 3.0, 1.0), 7)

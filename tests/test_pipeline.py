@@ -254,6 +254,32 @@ def test_save_and_load_round_trip(tmp_path):
     assert np.array_equal(before, after)
 
 
+def test_recorded_default_guidance_round_trips_and_is_what_a_call_without_one_uses(tmp_path):
+    from core.pipeline import DEFAULT_GUIDANCE, recorded_guidance
+
+    pipe = mrc_pipe(module=trained_module())
+    assert (pipe.config.default_guidance_scale, pipe.config.default_image_guidance_scale) == (
+        DEFAULT_GUIDANCE
+    )
+    at_7_5 = pipe("x", make_image(), generator=gen(), **FAST).images
+    assert np.array_equal(
+        at_7_5, pipe("x", make_image(), guidance_scale=7.5, generator=gen(), **FAST).images
+    )
+    pipe.set_default_guidance(2.0, 1.2)
+    pipe.save_pretrained(tmp_path)
+    assert recorded_guidance(tmp_path) == (2.0, 1.2)  # read without loading the model
+    loaded = MRCInstructPix2PixPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    default = loaded("x", make_image(), generator=gen(), **FAST).images
+    explicit = loaded(
+        "x", make_image(), guidance_scale=2.0, image_guidance_scale=1.2, generator=gen(), **FAST
+    ).images
+    assert np.array_equal(default, explicit) and not np.array_equal(default, at_7_5)
+    with pytest.raises(ValueError, match="default_guidance_scale must be at least 1"):
+        loaded.set_default_guidance(0.5, 1.5)
+    assert recorded_guidance(tmp_path / "nowhere") == DEFAULT_GUIDANCE  # a hub id, say
+
+
 def test_stock_instruct_pix2pix_folder_gets_an_identity_module(tmp_path):
     stock = stock_pipe()
     stock.save_pretrained(tmp_path)

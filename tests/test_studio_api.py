@@ -48,6 +48,19 @@ def test_every_event_has_an_api_name(studio):
         assert name in names
 
 
+def test_guidance_sliders_start_at_the_models_recorded_default(studio):
+    _, ctx, url = studio
+    endpoint = client(url, "ada").view_api(print_info=False, return_format="dict")
+    params = {p["label"]: p for p in endpoint["named_endpoints"]["/edit"]["parameters"]}
+    start = ctx.model.default_settings
+    cfg = ctx.model.pipeline.config
+    assert (start.guidance_scale, start.image_guidance_scale) == (
+        cfg.default_guidance_scale, cfg.default_image_guidance_scale
+    )  # fmt: skip
+    assert params["Text guidance"]["parameter_default"] == start.guidance_scale
+    assert params["Image guidance"]["parameter_default"] == start.image_guidance_scale
+
+
 def test_edit_sweep_and_send_to_review(studio, tmp_path):
     store, ctx, url = studio
     img = tmp_path / "in.png"

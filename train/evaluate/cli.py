@@ -58,8 +58,8 @@ class EvalConfig:
     reward_text: str = ";;"
     reward_guidance: float = 1.0
     steps: int = 20
-    guidance: float = 7.5
-    image_guidance: float = 1.5
+    guidance: float | None = None  # None: the model folder's recorded default, else 7.5
+    image_guidance: float | None = None  # None: the folder's recorded default, else 1.5
     scheduler: str | None = None
     resolution: int | None = None
     seed: int = 0
@@ -120,11 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reward-guidance", type=float, default=d.reward_guidance,
                    help=f"reward guidance scale; 1 = the paper [{d.reward_guidance}]")  # fmt: skip
     s.add_argument("--steps", type=int, default=d.steps, help=f"denoising steps [{d.steps}]")
-    s.add_argument(
-        "--guidance", type=float, default=d.guidance, help=f"text guidance [{d.guidance}]"
-    )
+    s.add_argument("--guidance", type=float, default=d.guidance,
+                   help="text guidance [the model's recorded default (model_index.json), else 7.5]")  # fmt: skip
     s.add_argument("--image-guidance", type=float, default=d.image_guidance,
-                   help=f"image guidance [{d.image_guidance}]")  # fmt: skip
+                   help="image guidance [the model's recorded default, else 1.5]")  # fmt: skip
     s.add_argument("--scheduler", help="euler | euler_ancestral | ddim | dpm [the pipeline's]")
     s.add_argument("--resolution", type=int, help="resize inputs to this short side [as given]")
     s.add_argument("--seed", type=int, default=d.seed, help=f"base seed of every item [{d.seed}]")

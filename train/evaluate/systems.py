@@ -15,7 +15,9 @@ On the command line a system is ``NAME=PATH[,key=value...]``::
 
 Keys: ``kind`` (mrc | ip2p | folder; detected from ``model_index.json`` when omitted),
 ``rewards`` (``F/P/Q``), ``reward_text`` (``a;b;c``), ``reward_guidance``, ``steps``,
-``guidance`` (text guidance), ``image_guidance``, ``scheduler``, ``resolution``, ``seed``,
+``guidance`` (text guidance; by default the value the pipeline folder records in
+``model_index.json``, else InstructPix2Pix's 7.5), ``image_guidance`` (likewise, else 1.5),
+``scheduler``, ``resolution``, ``seed``,
 ``best_of`` and ``reward_model`` (best-of-N: draw N candidates per item and keep the one the
 reward model ranks first; candidate 0 is the single-sample output, so best-of-N can only change
 an item by replacing it with a candidate the model prefers).
@@ -209,7 +211,21 @@ def parse_system(text: str, defaults: Mapping[str, Any] | None = None) -> System
         fields["kind"] = detect_kind(path.strip())
     if fields["kind"] != "mrc":
         fields["rewards"] = None
+    _fill_recorded_guidance(fields, path.strip())
     return SystemSpec(name=name.strip(), path=path.strip(), **fields)
+
+
+def _fill_recorded_guidance(fields: dict[str, Any], path: str) -> None:
+    """Guidance left unset (None or absent) -> the pipeline folder's recorded default, so that the
+    spec (and its fingerprint and report row) names the value the outputs were made with."""
+    from core.pipeline import DEFAULT_GUIDANCE, recorded_guidance
+
+    unset = [k for k in ("guidance_scale", "image_guidance_scale") if fields.get(k) is None]
+    if not unset:
+        return
+    recorded = recorded_guidance(path) if fields["kind"] != "folder" else DEFAULT_GUIDANCE
+    for k in unset:
+        fields[k] = recorded[0] if k == "guidance_scale" else recorded[1]
 
 
 def detect_kind(path: str) -> SystemKind:
