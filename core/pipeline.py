@@ -107,6 +107,25 @@ def recorded_guidance(folder: str | Path) -> tuple[float, float]:
     )
 
 
+def record_guidance(folder: str | Path, guidance_scale: float, image_guidance_scale: float) -> None:
+    """Write measured default guidance into a saved pipeline folder's ``model_index.json``, for an
+    MRC folder or a stock InstructPix2Pix one alike (which keeps its class and components:
+    diffusers' stock pipeline loads it with a warning that it ignores the two keys; this pipeline
+    and :func:`recorded_guidance` read them).
+    """
+    index = Path(folder).expanduser() / "model_index.json"
+    if not index.is_file():
+        raise ValueError(f"{folder} is not a saved pipeline folder (no model_index.json).")
+    cfg = json.loads(index.read_text())
+    cfg["default_guidance_scale"] = check_scale(guidance_scale, "default_guidance_scale", 1.0)
+    cfg["default_image_guidance_scale"] = check_scale(
+        image_guidance_scale, "default_image_guidance_scale", 1.0
+    )
+    tmp = index.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    tmp.replace(index)
+
+
 class MRCInstructPix2PixPipeline(DiffusionPipeline, StableDiffusionMixin):
     """Reward-conditioned InstructPix2Pix (Gu et al., ICLR 2025) on stock diffusers components."""
 

@@ -280,6 +280,25 @@ def test_recorded_default_guidance_round_trips_and_is_what_a_call_without_one_us
     assert recorded_guidance(tmp_path / "nowhere") == DEFAULT_GUIDANCE  # a hub id, say
 
 
+def test_guidance_recorded_in_a_stock_folder_keeps_it_stock(tmp_path):
+    from core.pipeline import record_guidance, recorded_guidance
+
+    stock_pipe().save_pretrained(tmp_path)
+    record_guidance(tmp_path, 3.0, 1.25)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionInstructPix2PixPipeline"
+    assert recorded_guidance(tmp_path) == (3.0, 1.25)
+    assert type(StableDiffusionInstructPix2PixPipeline.from_pretrained(tmp_path)).__name__ == (
+        "StableDiffusionInstructPix2PixPipeline"
+    )
+    loaded = MRCInstructPix2PixPipeline.from_pretrained(tmp_path)
+    assert (loaded.config.default_guidance_scale, loaded.config.default_image_guidance_scale) == (
+        3.0, 1.25
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="no model_index.json"):
+        record_guidance(tmp_path / "missing", 2.0, 1.5)
+
+
 def test_stock_instruct_pix2pix_folder_gets_an_identity_module(tmp_path):
     stock = stock_pipe()
     stock.save_pretrained(tmp_path)
