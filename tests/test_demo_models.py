@@ -111,8 +111,8 @@ def test_following_zero_moves_the_output_towards_the_input(steering_outputs):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known gap (docs/results.md): after 2,400 stage-2 steps the quality slider does not "
-    "steer yet; this test starts passing when it does",
+    reason="known gap (docs/results.md): the quality slider lowers quality accuracy by 4 points "
+    "(n.s. after Holm) but adds no artifact energy; this test starts passing when it does",
 )
 def test_quality_zero_has_more_artifact_energy(steering_outputs):
     _, out = steering_outputs
