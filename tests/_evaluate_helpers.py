@@ -106,3 +106,27 @@ def _output_hashes(store_path: Path) -> dict[tuple[str, str], str]:
         for o in store.outputs(run["id"]):
             out[(run["settings"]["system"], o["meta"].get("item_id", o["item_id"]))] = o["image"]
     return out
+
+
+def build_tiny_clip(root: Path, max_positions: int = 128) -> Path:
+    """A randomly initialised CLIP with a letter-level tokenizer (32 px images), saved in
+    ``root`` as ClipScorer loads it from a folder."""
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(root)
+    small = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
+    cfg = CLIPConfig(
+        text_config=dict(**small, vocab_size=len(vocab), max_position_embeddings=max_positions,
+                         bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=dict(**small, image_size=32, patch_size=8), projection_dim=16,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    CLIPModel(cfg).save_pretrained(root)
+    CLIPImageProcessorPil(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(root)
+    return root

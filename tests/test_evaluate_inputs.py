@@ -9,10 +9,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
-from tests._evaluate_helpers import FakeJudge, _config, make_folder_benchmark, tiny_pipelines
+from tests._evaluate_helpers import (
+    FakeJudge,
+    _config,
+    build_tiny_clip,
+    make_folder_benchmark,
+    tiny_pipelines,
+)
 from train.evaluate.benchmark_items import (
     BenchmarkError,
     FolderColumns,
@@ -156,26 +161,7 @@ def test_pixel_metrics_closed_form():
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory) -> Path:
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
-
-    root = tmp_path_factory.mktemp("clip")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in "abcdefghijklmnopqrstuvwxyz":
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(root)
-    small = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
-    cfg = CLIPConfig(
-        text_config=dict(**small, vocab_size=len(vocab), max_position_embeddings=32,
-                         bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(**small, image_size=32, patch_size=8), projection_dim=16,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    CLIPModel(cfg).save_pretrained(root)
-    CLIPImageProcessorPil(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    ).save_pretrained(root)
-    return root
+    return build_tiny_clip(tmp_path_factory.mktemp("clip"), max_positions=32)
 
 
 def test_clip_metrics_on_a_tiny_random_clip(tiny_clip):

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from data.shapes.captions import captions_from_meta
+from tests._evaluate_helpers import build_tiny_clip
 from train.evaluate.benchmarks import load_benchmark
 from train.evaluate.image_metrics import (
     PERCENT_METRICS,
@@ -137,26 +138,7 @@ def test_direction_similarity_matches_a_hand_computation():
 def tiny_clip(tmp_path_factory) -> Path:
     """A randomly initialised CLIP with a letter-level tokenizer (32 px images), as ClipScorer
     loads it from a folder."""
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
-
-    root = tmp_path_factory.mktemp("clip")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in "abcdefghijklmnopqrstuvwxyz":
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(root)
-    small = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
-    cfg = CLIPConfig(
-        text_config=dict(**small, vocab_size=len(vocab), max_position_embeddings=128,
-                         bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(**small, image_size=32, patch_size=8), projection_dim=16,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    CLIPModel(cfg).save_pretrained(root)
-    CLIPImageProcessorPil(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    ).save_pretrained(root)
-    return root
+    return build_tiny_clip(tmp_path_factory.mktemp("clip"), max_positions=128)
 
 
 def test_direction_with_a_real_clip_on_shapes_items(tiny_clip):
