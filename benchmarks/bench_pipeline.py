@@ -33,7 +33,8 @@ from diffusers import StableDiffusionInstructPix2PixPipeline
 from tqdm import tqdm
 
 from core.mrc import MultiRewardCondition, count_parameters
-from core.pipeline import SCHEDULERS, MRCInstructPix2PixPipeline
+from core.pipeline import MRCInstructPix2PixPipeline
+from core.sampling import SCHEDULERS
 from core.tiny import TinyConfig, build_components
 
 PRESETS = {

@@ -38,7 +38,8 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.model_loading_utils import load_state_dict
 
 from core.mrc import MultiRewardCondition
-from core.pipeline import MRCInstructPix2PixPipeline, make_scheduler
+from core.pipeline import MRCInstructPix2PixPipeline
+from core.sampling import make_scheduler
 
 logger = logging.getLogger(__name__)
 

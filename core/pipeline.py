@@ -24,21 +24,11 @@ The reward (tokens and time term) does not depend on the timestep, so it is comp
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DiffusionPipeline,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    UNet2DConditionModel,
-)
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
@@ -57,73 +47,8 @@ from core.pipeline_inputs import (
     normalize_rewards,
 )
 from core.rewards import Rewards
+from core.sampling import DEFAULT_GUIDANCE, guidance_config, make_scheduler
 from core.text_encoding import encode_reward_text, encode_text, join_reward_texts
-
-SCHEDULERS = {
-    "euler": EulerDiscreteScheduler,
-    "euler_ancestral": EulerAncestralDiscreteScheduler,  # InstructPix2Pix's and the authors' choice
-    "ddim": DDIMScheduler,
-    "dpm": DPMSolverMultistepScheduler,
-}
-# Stable Diffusion 1.x training schedule: 1000 steps, scaled-linear betas.
-SD_SCHEDULE = dict(
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
-)
-
-
-def make_scheduler(name: str, config: Any = None, **overrides: Any):
-    """A scheduler by short name (``euler``, ``euler_ancestral``, ``ddim``, ``dpm``), from an
-    existing scheduler's config (swap samplers, same training schedule) or SD's schedule."""
-    if name not in SCHEDULERS:
-        raise ValueError(f"Unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}.")
-    if config is not None:
-        return SCHEDULERS[name].from_config(config, **overrides)
-    return SCHEDULERS[name](**{**SD_SCHEDULE, **overrides})
-
-
-# InstructPix2Pix's guidance (Brooks et al.), used unless a pipeline folder records its own.
-DEFAULT_GUIDANCE = (7.5, 1.5)  # (text, image)
-
-
-def recorded_guidance(folder: str | Path) -> tuple[float, float]:
-    """The (text, image) guidance a pipeline folder records in ``model_index.json``
-    (``default_guidance_scale``, ``default_image_guidance_scale``), read without loading the
-    model; :data:`DEFAULT_GUIDANCE` for what records none (a stock folder, a hub id)."""
-    index = Path(folder).expanduser() / "model_index.json"
-    if not index.is_file():
-        return DEFAULT_GUIDANCE
-    try:
-        cfg = json.loads(index.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {index}: {e}") from e
-    return (
-        check_scale(
-            cfg.get("default_guidance_scale", DEFAULT_GUIDANCE[0]), "default_guidance_scale"
-        ),
-        check_scale(
-            cfg.get("default_image_guidance_scale", DEFAULT_GUIDANCE[1]),
-            "default_image_guidance_scale",
-        ),
-    )
-
-
-def record_guidance(folder: str | Path, guidance_scale: float, image_guidance_scale: float) -> None:
-    """Write measured default guidance into a saved pipeline folder's ``model_index.json``, for an
-    MRC folder or a stock InstructPix2Pix one alike (which keeps its class and components:
-    diffusers' stock pipeline loads it with a warning that it ignores the two keys; this pipeline
-    and :func:`recorded_guidance` read them).
-    """
-    index = Path(folder).expanduser() / "model_index.json"
-    if not index.is_file():
-        raise ValueError(f"{folder} is not a saved pipeline folder (no model_index.json).")
-    cfg = json.loads(index.read_text())
-    cfg["default_guidance_scale"] = check_scale(guidance_scale, "default_guidance_scale", 1.0)
-    cfg["default_image_guidance_scale"] = check_scale(
-        image_guidance_scale, "default_image_guidance_scale", 1.0
-    )
-    tmp = index.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    tmp.replace(index)
 
 
 class MRCInstructPix2PixPipeline(DiffusionPipeline, StableDiffusionMixin):
@@ -147,8 +72,6 @@ class MRCInstructPix2PixPipeline(DiffusionPipeline, StableDiffusionMixin):
         default_image_guidance_scale: float = DEFAULT_GUIDANCE[1],
     ):
         super().__init__()
-        check_scale(default_guidance_scale, "default_guidance_scale", minimum=1.0)
-        check_scale(default_image_guidance_scale, "default_image_guidance_scale", minimum=1.0)
         if reward_module is None:  # e.g. a stock InstructPix2Pix folder: identity MRC module
             reward_module = MultiRewardCondition.from_unet_config(
                 unet.config, text_encoder.config.hidden_size
@@ -165,11 +88,8 @@ class MRCInstructPix2PixPipeline(DiffusionPipeline, StableDiffusionMixin):
             reward_module=reward_module,
         )
         # The guidance a call uses when it names none, saved in model_index.json: InstructPix2Pix's
-        # 7.5 / 1.5 unless the folder records values measured for this model (set_default_guidance).
-        self.register_to_config(
-            default_guidance_scale=float(default_guidance_scale),
-            default_image_guidance_scale=float(default_image_guidance_scale),
-        )
+        # 7.5 / 1.5 unless the folder records values measured for this model.
+        self.set_default_guidance(default_guidance_scale, default_image_guidance_scale)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._mrc_unet: MRCUNet | None = None
@@ -205,12 +125,7 @@ class MRCInstructPix2PixPipeline(DiffusionPipeline, StableDiffusionMixin):
         """Record the text / image guidance that calls naming none use (saved by
         ``save_pretrained`` in ``model_index.json``): e.g. values measured for a small model, for
         which InstructPix2Pix's 7.5 over-saturates."""
-        check_scale(guidance_scale, "default_guidance_scale", minimum=1.0)
-        check_scale(image_guidance_scale, "default_image_guidance_scale", minimum=1.0)
-        self.register_to_config(
-            default_guidance_scale=float(guidance_scale),
-            default_image_guidance_scale=float(image_guidance_scale),
-        )
+        self.register_to_config(**guidance_config(guidance_scale, image_guidance_scale))
 
     def set_scheduler(self, name: str) -> None:
         """Swap the sampler, keeping the training schedule (``euler``, ``dpm``, ...)."""
@@ -513,4 +428,4 @@ def image_grid(images: Sequence[Any], cols: int) -> Any:
     return grid
 
 
-__all__ = ["MRCInstructPix2PixPipeline", "SCHEDULERS", "image_grid", "make_scheduler"]
+__all__ = ["MRCInstructPix2PixPipeline", "image_grid"]

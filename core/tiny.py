@@ -206,7 +206,7 @@ def build_components(
     """``vae``, ``text_encoder``, ``tokenizer``, ``unet``, ``scheduler`` with seeded weights:
     the components of both :class:`~core.pipeline.MRCInstructPix2PixPipeline` and diffusers'
     ``StableDiffusionInstructPix2PixPipeline`` (pass ``safety_checker=None`` there)."""
-    from core.pipeline import make_scheduler  # the pipeline module owns the scheduler table
+    from core.sampling import make_scheduler  # the one scheduler table
 
     tokenizer = build_tokenizer(cfg, tokenizer_dir)
     return dict(

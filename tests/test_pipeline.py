@@ -11,8 +11,9 @@ import torch
 from diffusers import StableDiffusionInstructPix2PixPipeline
 
 from core.mrc import MultiRewardCondition
-from core.pipeline import SCHEDULERS, MRCInstructPix2PixPipeline
+from core.pipeline import MRCInstructPix2PixPipeline
 from core.rewards import Rewards
+from core.sampling import SCHEDULERS
 from core.tiny import TinyConfig, build_components
 
 CFG = TinyConfig()
@@ -255,7 +256,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_recorded_default_guidance_round_trips_and_is_what_a_call_without_one_uses(tmp_path):
-    from core.pipeline import DEFAULT_GUIDANCE, recorded_guidance
+    from core.sampling import DEFAULT_GUIDANCE, recorded_guidance
 
     pipe = mrc_pipe(module=trained_module())
     assert (pipe.config.default_guidance_scale, pipe.config.default_image_guidance_scale) == (
@@ -281,7 +282,7 @@ def test_recorded_default_guidance_round_trips_and_is_what_a_call_without_one_us
 
 
 def test_guidance_recorded_in_a_stock_folder_keeps_it_stock(tmp_path):
-    from core.pipeline import record_guidance, recorded_guidance
+    from core.sampling import record_guidance, recorded_guidance
 
     stock_pipe().save_pretrained(tmp_path)
     record_guidance(tmp_path, 3.0, 1.25)

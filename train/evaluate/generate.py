@@ -91,7 +91,7 @@ def load_pipeline(spec: SystemSpec, device: str = "cpu", dtype: str = "float32")
             f"Cannot load the pipeline of system {spec.name!r} from {spec.path!r}: {e}"
         ) from e
     if spec.scheduler:
-        from core.pipeline import make_scheduler
+        from core.sampling import make_scheduler
 
         pipe.scheduler = make_scheduler(spec.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)

@@ -218,7 +218,7 @@ def parse_system(text: str, defaults: Mapping[str, Any] | None = None) -> System
 def _fill_recorded_guidance(fields: dict[str, Any], path: str) -> None:
     """Guidance left unset (None or absent) -> the pipeline folder's recorded default, so that the
     spec (and its fingerprint and report row) names the value the outputs were made with."""
-    from core.pipeline import DEFAULT_GUIDANCE, recorded_guidance
+    from core.sampling import DEFAULT_GUIDANCE, recorded_guidance
 
     unset = [k for k in ("guidance_scale", "image_guidance_scale") if fields.get(k) is None]
     if not unset:
