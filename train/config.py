@@ -218,6 +218,16 @@ class TrainConfig:
         "(the cache then holds the embeddings of all 8 combinations).",
     )
     snr_gamma: float = _f(0.0, "Min-SNR loss weighting gamma (0: plain MSE; 5 is common).")
+    edit_region_weight: float = _f(
+        0.0,
+        "Extra loss weight on the latent positions the edit changed (|edited - original| "
+        "latent, channel mean, above edit_region_threshold): each counts 1 + this. 0: plain "
+        "MSE. Object-level edits change a few percent of the image, so their instruction "
+        "barely moves the plain loss (docs/training.md, 'Edit-region weight').",
+    )
+    edit_region_threshold: float = _f(
+        0.1, "Latent change (channel mean of |edited - original|) that marks a changed position."
+    )
     vae_kl_weight: float = _f(
         1e-4, "Stage 0: weight of the KL term (per latent element) against the pixel MSE."
     )
@@ -317,6 +327,8 @@ class TrainConfig:
             "validation_steps",
             "dataloader_num_workers",
             "snr_gamma",
+            "edit_region_weight",
+            "edit_region_threshold",
             "vae_kl_weight",
             "beta_start",
             "beta_end",

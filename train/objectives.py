@@ -161,7 +161,8 @@ class DiffusionObjective:
         text, original = self.drop_conditioning(cond, p)
         model_input = torch.cat([noisy, original], dim=1)  # (B, 2C, h, w)
         pred = self.predict(module, model_input, t, text, cond, u, g)
-        return self.weighted_mse(pred, latents, noise, t)
+        region = self.edit_region(mean, cond["original_latents"])  # both unscaled, as IP2P
+        return self.weighted_mse(pred, latents, noise, t, region)
 
     def drop_conditioning(
         self, cond: dict[str, torch.Tensor], p: torch.Tensor
@@ -178,14 +179,27 @@ class DiffusionObjective:
     def predict(self, module, model_input, t, text, cond, u, g) -> torch.Tensor:
         return module(model_input, t, text).sample
 
-    def weighted_mse(self, pred, latents, noise, t) -> torch.Tensor:
-        """MSE to the noise (epsilon) or to v, per sample, times the Min-SNR weight if set."""
+    def edit_region(self, edited: torch.Tensor, original: torch.Tensor) -> torch.Tensor | None:
+        """(B, 1, h, w) per-position loss weights, 1 + edit_region_weight where the edit changed
+        the latent; None when the weight is 0 (plain MSE)."""
+        if self.cfg.edit_region_weight <= 0:
+            return None
+        change = (edited.float() - original.float()).abs().mean(dim=1, keepdim=True)
+        changed = (change > self.cfg.edit_region_threshold).float()
+        return 1.0 + self.cfg.edit_region_weight * changed
+
+    def weighted_mse(self, pred, latents, noise, t, region=None) -> torch.Tensor:
+        """MSE to the noise (epsilon) or to v, per sample, with the edit-region weights and the
+        Min-SNR weight if set."""
         prediction_type = self.noise_scheduler.config.prediction_type
         if prediction_type == "epsilon":
             target = noise
         else:
             target = self.noise_scheduler.get_velocity(latents, noise, t)
-        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        squared = F.mse_loss(pred.float(), target.float(), reduction="none")
+        if region is not None:
+            squared = squared * region
+        per_sample = squared.mean(dim=(1, 2, 3))
         if self.cfg.snr_gamma > 0:
             snr = compute_snr(self.noise_scheduler, t)
             clipped = torch.clamp(snr, max=self.cfg.snr_gamma)
