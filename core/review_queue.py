@@ -1,23 +1,8 @@
-"""The review queue: filters, doubtful-first order, locks, saves, progress and export.
+"""The review queue: locks, saves, progress and export, over the doubt order.
 
 UI-independent: :class:`ReviewQueue` works on a :class:`~core.store.Store` and plain values,
-and ``studio/review_tab.py`` only wires it to Gradio.
-
-Doubt. The queue shows the labels most likely to be wrong first. For each triplet, over its
-machine annotations (judge and oracle, task ``annotate``):
-
-    doubt = max over perspectives of (max score - min score across annotators)   [0..5]
-          + 1 for each perspective whose score and failure text contradict each other
-            (a 5 that names failure points, or a score <= 2.5 that names none)
-          + 1 if any judge call on the triplet failed
-          + 10 if the triplet has no machine label at all (e.g. sent from the Edit tab)
-          + the largest predicted standard deviation of a judge that reports one (the learned
-            reward model, ``--judge reward-model:FOLDER``: its own doubt, in score points)
-
-Triplets without an edited image (benchmark inputs) are not in the queue. Ties keep
-insertion order. The doubt of every triplet is computed once and cached; the cache
-is rebuilt only when triplets or annotations are added (checked with two ``max(rowid)``
-queries), so on 20,000 triplets taking the next item costs a few small queries.
+and ``studio/review_tab.py`` only wires it to Gradio. Which items it offers and in which order
+(filters, the doubt score) lives in :mod:`core.review_doubt`.
 
 Locks. Taking an item locks its label for the annotator (``Store.acquire_lock``); another
 annotator's queue passes over it. Items without a label cannot be locked in the store, so the
@@ -42,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.review_doubt import UNLABELED, DoubtOrder, ReviewFilter
 from core.rewards import PERSPECTIVES, Rewards
 from core.store import (
     DEFAULT_LOCK_SECONDS,
@@ -54,49 +40,8 @@ from core.store import (
 )
 from core.store.base import now as store_now
 
-TO_REVIEW = "to review"  # pending, skipped or unlabelled
-UNLABELED = "unlabeled"
-STATUS_FILTERS = (TO_REVIEW, *REVIEW_STATUSES, UNLABELED, "all")
 DECISIONS = {"accept": None, "fix": None, "reject": "rejected", "skip": "skipped"}
 CHUNK = 64  # candidates checked per query when looking for the next free item
-
-
-@dataclass(frozen=True)
-class ReviewFilter:
-    """Which triplets the queue offers. ``None`` means "any"."""
-
-    status: str = TO_REVIEW
-    category: str | None = None
-    judge: str | None = None  # triplets annotated by this judge model
-    perspective: str | None = None  # with ``score_min``/``score_max``: the label's score range
-    score_min: float = 0.0
-    score_max: float = 5.0
-    split: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.status not in STATUS_FILTERS:
-            raise ValueError(
-                f"unknown status filter {self.status!r}; choose one of {', '.join(STATUS_FILTERS)}."
-            )
-        if self.perspective is not None and self.perspective not in PERSPECTIVES:
-            raise ValueError(
-                f"unknown perspective {self.perspective!r}; choose one of {', '.join(PERSPECTIVES)}."
-            )
-        if not 0.0 <= self.score_min <= self.score_max <= 5.0:
-            raise ValueError(
-                f"the score range must satisfy 0 <= min <= max <= 5, got [{self.score_min}, "
-                f"{self.score_max}]."
-            )
-
-    def statuses(self) -> set[str | None]:
-        """Wanted label statuses; None stands for "no label yet"."""
-        if self.status == TO_REVIEW:
-            return {"pending", "skipped", None}
-        if self.status == UNLABELED:
-            return {None}
-        if self.status == "all":
-            return {*REVIEW_STATUSES, None}
-        return {self.status}
 
 
 @dataclass
@@ -134,40 +79,6 @@ class _Candidate:
     doubt: float
 
 
-@dataclass(frozen=True)
-class MachineLabel:
-    """One machine annotation as the doubt score needs it (None scores: a failed call)."""
-
-    scores: tuple[float, float, float] | None
-    texts: tuple[str, str, str] = ("", "", "")
-    std: tuple[float, ...] = ()  # a judge's predicted standard deviations (reward model), if any
-
-
-def doubt_of(labels: Sequence[MachineLabel]) -> float:
-    """The doubt score of one triplet from its machine annotations (module docstring)."""
-    ok = [a for a in labels if a.scores is not None]
-    failed = len(ok) < len(labels)
-    if not ok:
-        return 10.0 + (1.0 if failed else 0.0)
-    spread = max(max(col) - min(col) for col in zip(*(a.scores for a in ok)))
-    contradictions = sum(
-        (score >= 5.0 and text.strip() != "") or (score <= 2.5 and text.strip() == "")
-        for a in ok
-        for score, text in zip(a.scores, a.texts)
-    )
-    uncertainty = max((max(a.std) for a in ok if a.std), default=0.0)
-    return spread + float(contradictions) + (1.0 if failed else 0.0) + uncertainty
-
-
-def _std(meta: str | None) -> tuple[float, ...]:
-    """The per-perspective standard deviations a judge stored in an annotation's meta."""
-    try:
-        std = json.loads(meta or "{}").get("std") or {}
-    except (json.JSONDecodeError, AttributeError):
-        return ()
-    return tuple(float(v) for v in std.values() if isinstance(v, (int, float)))
-
-
 class ReviewQueue:
     """Doubt-ordered review queue over a store; thread-safe (one per studio process)."""
 
@@ -175,81 +86,22 @@ class ReviewQueue:
         self.store = store
         self.lock_seconds = lock_seconds
         self._mutex = threading.Lock()
-        self._doubt: dict[str, float] = {}
-        self._order: list[str] = []  # all triplet ids, most doubtful first
-        self._stamp: tuple[int, int] | None = None
+        self._doubt_order = DoubtOrder(store)
         self._claims: dict[str, tuple[str, float]] = {}  # unlabelled id -> (user, until)
 
-    # -- doubt cache ---------------------------------------------------------------------------
-    def _current_stamp(self) -> tuple[int, int]:
-        with self.store.db() as db:
-            t = db.execute("SELECT ifnull(max(rowid), 0) FROM triplets").fetchone()[0]
-            a = db.execute("SELECT ifnull(max(id), 0) FROM annotations").fetchone()[0]
-        return t, a
-
-    def _refresh(self) -> None:
-        stamp = self._current_stamp()
-        if stamp == self._stamp:
-            return
-        cols = ", ".join(f"{p}, {p}_text" for p in PERSPECTIVES)
-        sql = (
-            f"SELECT triplet_id, status, {cols}, meta FROM annotations "
-            "WHERE kind IN ('judge', 'oracle') AND task = 'annotate'"
-        )
-        per_triplet: dict[str, list[MachineLabel]] = {}
-        with self.store.db() as db:
-            ids = [r[0] for r in db.execute(  # benchmark inputs have no edited image: not reviewable
-                "SELECT id FROM triplets WHERE edited IS NOT NULL ORDER BY rowid"
-            )]  # fmt: skip
-            for row in db.execute(sql):
-                label = (
-                    MachineLabel(row[2:8:2], tuple(t or "" for t in row[3:8:2]), _std(row[8]))
-                    if row[1] == "ok"
-                    else MachineLabel(None)
-                )
-                per_triplet.setdefault(row[0], []).append(label)
-        doubt = {tid: doubt_of(per_triplet.get(tid, [])) for tid in ids}
-        position = {tid: i for i, tid in enumerate(ids)}
-        self._order = sorted(ids, key=lambda t: (-doubt[t], position[t]))
-        self._doubt = doubt
-        self._stamp = stamp
-
+    # -- doubt ---------------------------------------------------------------------------------
     def warm(self) -> None:
         """Compute the doubt order now (the first ``next_item`` would, taking ~1 s per
         20,000 triplets); :func:`studio.app.create_context` runs this in the background."""
         with self._mutex:
-            self._refresh()
+            self._doubt_order.refresh()
 
     def doubt(self, triplet_id: str) -> float:
         with self._mutex:
-            self._refresh()
-            return self._doubt.get(triplet_id, 10.0)
+            self._doubt_order.refresh()
+            return self._doubt_order.doubts.get(triplet_id, 10.0)
 
     # -- choosing the next item ----------------------------------------------------------------
-    def _candidates(self, flt: ReviewFilter) -> list[str]:
-        """Ids passing the static filters (category, judge, split), in doubt order."""
-        where, params = [], []
-        for col, value in (("category", flt.category), ("split", flt.split)):
-            if value is not None:
-                where.append(f"t.{col} = ?")
-                params.append(value)
-        if flt.judge is not None:
-            where.append(
-                "EXISTS (SELECT 1 FROM annotations a WHERE a.triplet_id = t.id "
-                "AND a.judge_model = ?)"
-            )
-            params.append(flt.judge)
-        if not where:
-            return self._order
-        with self.store.db() as db:
-            keep = {
-                r[0]
-                for r in db.execute(
-                    f"SELECT t.id FROM triplets t WHERE {' AND '.join(where)}", params
-                )
-            }
-        return [t for t in self._order if t in keep]
-
     def _eligible(self, flt: ReviewFilter, user: str, ids: list[str]) -> list[str]:
         """The ids among ``ids`` whose current label passes the dynamic filters."""
         cols = ", ".join(PERSPECTIVES)
@@ -290,10 +142,10 @@ class ReviewQueue:
         """Lock and return the most doubtful item for ``user`` (after ``after`` in the order
         when given, to move forward past an item), or None when the queue is empty."""
         with self._mutex:
-            self._refresh()
-            order = self._candidates(flt)
+            self._doubt_order.refresh()
+            order = self._doubt_order.candidates(flt)
             start = 0
-            if after is not None and after in self._doubt:
+            if after is not None and after in self._doubt_order.doubts:
                 try:
                     start = order.index(after) + 1
                 except ValueError:
@@ -308,8 +160,8 @@ class ReviewQueue:
     def previous_item(self, user: str, flt: ReviewFilter, before: str) -> ReviewItem | None:
         """The item just before ``before`` in the queue order that ``user`` may open."""
         with self._mutex:
-            self._refresh()
-            order = self._candidates(flt)
+            self._doubt_order.refresh()
+            order = self._doubt_order.candidates(flt)
             if before not in order:
                 return None
             end = order.index(before)
@@ -329,7 +181,7 @@ class ReviewQueue:
                 "no edit to review."
             )
         with self._mutex:
-            self._refresh()
+            self._doubt_order.refresh()
             item = self._take(triplet_id, user, strict=True)
         assert item is not None
         return item
@@ -355,7 +207,9 @@ class ReviewQueue:
                 return None
             self._claims[tid] = (user, held_since + self.lock_seconds)
         annotations = self.store.annotations(tid, task="annotate")
-        return ReviewItem(triplet, label, self._doubt.get(tid, 10.0), annotations, held_since)
+        return ReviewItem(
+            triplet, label, self._doubt_order.doubts.get(tid, 10.0), annotations, held_since
+        )
 
     def release(self, user: str, triplet_id: str) -> None:
         """Give an item back without deciding (e.g. when moving away from it)."""
@@ -418,9 +272,9 @@ class ReviewQueue:
         """The first ``limit`` items passing ``flt``, in queue order (most doubtful first),
         with their status and who holds them: the table the review tab jumps from."""
         with self._mutex:
-            self._refresh()
-            order = self._candidates(flt)
-            doubt = dict(self._doubt)
+            self._doubt_order.refresh()
+            order = self._doubt_order.candidates(flt)
+            doubt = dict(self._doubt_order.doubts)
         wanted, stamp, out = flt.statuses(), store_now(), []
         for offset in range(0, len(order), 4 * CHUNK):
             ids = order[offset : offset + 4 * CHUNK]

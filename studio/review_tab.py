@@ -17,7 +17,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from core.review_queue import STATUS_FILTERS, ReviewFilter, ReviewItem
+from core.review_doubt import STATUS_FILTERS, ReviewFilter
+from core.review_queue import ReviewItem
 from core.rewards import PERSPECTIVES, TITLES, Rewards
 from core.store import ConflictError, LabelRecord, LockedError
 from studio.auth import CAN_REVIEW

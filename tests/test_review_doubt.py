@@ -4,7 +4,8 @@ and the review sliders hold judge scores exactly."""
 
 from __future__ import annotations
 
-from core.review_queue import MachineLabel, ReviewQueue, doubt_of
+from core.review_doubt import MachineLabel, doubt_of
+from core.review_queue import ReviewQueue
 from core.store import Store
 from tests._store_helpers import R, add
 from tests.studio_helpers import build_store, tiny_model
