@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> dict:
     """The layers of the module docstring, in order."""
     from gradio_client import Client
 
-    from studio import review_tab
+    from studio import review_handlers
     from studio.app import build_demo, create_context, launch_kwargs
     from studio.model import load_edit_model
 
@@ -207,10 +207,10 @@ def run(args: argparse.Namespace) -> dict:
     }
 
     # 1. In-process: the handler functions without Gradio (server work only).
-    forward = review_tab.review_forward.__wrapped__
-    fix = review_tab._decision_handler("fix").__wrapped__
+    forward = review_handlers.review_forward.__wrapped__
+    fix = review_handlers.decision_handler("fix").__wrapped__
     t0 = time.perf_counter()
-    state = [review_tab.review_next.__wrapped__(ctx, None, *FILTERS, _Request())[0]]
+    state = [review_handlers.review_next.__wrapped__(ctx, None, *FILTERS, _Request())[0]]
     results["first_call_ms"] = round((time.perf_counter() - t0) * 1000, 1)  # builds the order
 
     def direct_next():

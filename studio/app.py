@@ -30,7 +30,8 @@ from studio.media import DifferenceImages, NeutralImages, serve_statically
 from studio.model import EditModel
 from studio.rate_tab import admin_setup, build_rate_tab
 from studio.rating import BlindRating, Evaluation
-from studio.review_tab import ANY, build_review_tab, filter_choices
+from studio.review_handlers import ANY, filter_choices
+from studio.review_tab import build_review_tab
 
 HOTKEYS = Path(__file__).with_name("hotkeys.js")
 TAB_IDS = ("edit", "review", "rate")
