@@ -72,14 +72,18 @@ from .errors import (
     StoreError,
     StoreInputError,
 )
-from .labels import DEFAULT_LOCK_SECONDS, ExportedLabel, LabelRecord, LabelsMixin
+from .label_export import ExportedLabel, LabelExportMixin
+from .labels import LabelRecord, LabelsMixin
+from .locks import DEFAULT_LOCK_SECONDS, LocksMixin
 from .ratings import RatingsMixin
 from .schema import KINDS, MIGRATIONS, REVIEW_STATUSES, ROLES, TABLES
 from .triplets import TripletsMixin, triplet_id
 from .users import UsersMixin, check_password, hash_password
 
 
-class Store(TripletsMixin, LabelsMixin, BenchMixin, RatingsMixin, UsersMixin):
+class Store(
+    TripletsMixin, LabelsMixin, LocksMixin, LabelExportMixin, BenchMixin, RatingsMixin, UsersMixin
+):
     """The store; see the module docstring for the API and guarantees."""
 
     def __repr__(self) -> str:

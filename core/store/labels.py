@@ -16,10 +16,8 @@ row (before/after JSON snapshots, and the ``seconds`` the reviewer spent when th
 measured it) is written in the same transaction, so history and labels can never disagree,
 and ``label_history`` is append-only (triggers refuse UPDATE/DELETE).
 
-Locks: ``acquire_lock`` marks a label as held by one annotator until ``locked_until``; while
-the lock is live, other users' edits raise :class:`LockedError`. Expired locks are ignored,
-so a closed browser tab never blocks an item for good. Locks are not label changes: they do
-not bump the version and are not recorded in history.
+Locks (``core/store/locks.py``) hold a label for one annotator; while a lock is live, other
+users' edits here raise :class:`LockedError`. Exports for training: ``core/store/label_export.py``.
 """
 
 from __future__ import annotations
@@ -29,10 +27,9 @@ import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from core.rewards import Rewards, dump_rewardedit
+from core.rewards import Rewards
 
 from .annotations import AnnotationsMixin
 from .base import (
@@ -46,9 +43,6 @@ from .base import (
 )
 from .errors import ConflictError, LockedError, NotFoundError, StoreInputError
 from .schema import REVIEW_STATUSES
-
-DEFAULT_LOCK_SECONDS = 600  # an annotator holds an item for 10 minutes unless they save
-REVIEWED = ("accepted", "fixed")
 
 
 @dataclass(frozen=True)
@@ -77,26 +71,10 @@ class LabelRecord:
         )
 
 
-@dataclass(frozen=True)
-class ExportedLabel:
-    """A label for training, with where it came from."""
-
-    triplet_id: str
-    rewards: Rewards
-    origin: str  # human when a reviewer changed the values
-    status: str
-    version: int
-    reviewed_by: str | None  # the reviewer for accepted/fixed labels, else None
-    annotation_id: int | None
-    judge_model: str | None
-    prompt_version: str | None
-    updated_at: str
-
-
 UNDO_NOTE = "undo of version "  # the history note of an undo, followed by the undone version
 
 
-def _record(row: dict[str, Any]) -> LabelRecord:
+def label_record(row: dict[str, Any]) -> LabelRecord:
     return LabelRecord(
         triplet_id=row["triplet_id"],
         version=row["version"],
@@ -125,12 +103,6 @@ def _snapshot(status: str, origin: str, rewards: Rewards, annotation_id: Any, no
     )
 
 
-def _later(seconds: float) -> str:
-    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat(
-        timespec="microseconds"
-    )
-
-
 def _check_seconds(seconds: Any) -> float | None:
     """None, or a finite number of seconds >= 0 as a float (bools are refused)."""
     if seconds is None:
@@ -152,7 +124,7 @@ def _conflict(triplet_id: str, row: dict[str, Any], expected: int) -> ConflictEr
     )
 
 
-def _locked(triplet_id: str, row: dict[str, Any]) -> LockedError:
+def locked_error(triplet_id: str, row: dict[str, Any]) -> LockedError:
     return LockedError(
         f"Triplet {triplet_id} is locked by {row['locked_by']} until {row['locked_until']}; "
         "your change was not saved."
@@ -165,7 +137,7 @@ class LabelsMixin(AnnotationsMixin):
         """The current label, or None if the triplet has none yet."""
         with self.db() as db:
             row = fetch_one(db, "SELECT * FROM labels WHERE triplet_id = ?", [triplet_id])
-        return _record(row) if row else None
+        return label_record(row) if row else None
 
     def history(self, triplet_id: str) -> list[dict[str, Any]]:
         """Every change of a triplet's label, oldest first; ``before``/``after`` are dicts."""
@@ -282,12 +254,12 @@ class LabelsMixin(AnnotationsMixin):
                     annotation_id=None, note=note, user=user, at=at, seconds=seconds,
                 )  # fmt: skip
                 row = fetch_one(db, "SELECT * FROM labels WHERE triplet_id = ?", [triplet_id])
-                return _record(row)
+                return label_record(row)
             if row is None:
                 raise NotFoundError(
                     f"triplet {triplet_id} has no label yet; pass expected_version=0 to create one."
                 )
-            old = _record(row)
+            old = label_record(row)
             changed = new_rewards is not None and new_rewards != old.rewards
             values = new_rewards if changed else old.rewards
             new_status = status or ("fixed" if changed else "accepted")
@@ -309,7 +281,7 @@ class LabelsMixin(AnnotationsMixin):
             if cur.rowcount != 1:
                 if old.version != expected_version:
                     raise _conflict(triplet_id, row, expected_version)
-                raise _locked(triplet_id, row)
+                raise locked_error(triplet_id, row)
             before = _snapshot(old.status, old.origin, old.rewards, old.annotation_id, old.note)
             after = _snapshot(new_status, origin, values, old.annotation_id, new_note)
             action = "edit" if changed else "review"
@@ -317,7 +289,9 @@ class LabelsMixin(AnnotationsMixin):
                 db, triplet_id, expected_version + 1, user, at, action, before, after, note,
                 seconds,
             )  # fmt: skip
-            return _record(fetch_one(db, "SELECT * FROM labels WHERE triplet_id = ?", [triplet_id]))
+            return label_record(
+                fetch_one(db, "SELECT * FROM labels WHERE triplet_id = ?", [triplet_id])
+            )
 
     # -- a reviewer's own decisions: the recent ones, and undo ------------------------------
     def recent_decisions(self, user: str, limit: int = 20) -> list[dict[str, Any]]:
@@ -381,7 +355,7 @@ class LabelsMixin(AnnotationsMixin):
                     "earlier label to go back to. Open it and correct it instead."
                 )
             before = json.loads(change["before"])
-            old = _record(row)
+            old = label_record(row)
             values = as_rewards(before["rewards"])
             cols = {
                 "status": before["status"],
@@ -398,7 +372,7 @@ class LabelsMixin(AnnotationsMixin):
                 [*cols.values(), user, at, triplet_id, version, user, at],
             )
             if cur.rowcount != 1:
-                raise _locked(triplet_id, row)
+                raise locked_error(triplet_id, row)
             now_snapshot = _snapshot(old.status, old.origin, old.rewards, old.annotation_id,
                                      old.note)  # fmt: skip
             action = "edit" if values != old.rewards else "review"
@@ -406,7 +380,9 @@ class LabelsMixin(AnnotationsMixin):
                 db, triplet_id, version + 1, user, at, action, now_snapshot,
                 json.dumps(before, sort_keys=True), f"{UNDO_NOTE}{version}",
             )  # fmt: skip
-            return _record(fetch_one(db, "SELECT * FROM labels WHERE triplet_id = ?", [triplet_id]))
+            return label_record(
+                fetch_one(db, "SELECT * FROM labels WHERE triplet_id = ?", [triplet_id])
+            )
 
     def set_label_from_annotation(
         self, annotation_id: int, *, user: str = "system", replace_pending: bool = False
@@ -443,7 +419,7 @@ class LabelsMixin(AnnotationsMixin):
                         annotation_id=annotation_id, note=None, user=user, at=at,
                     )  # fmt: skip
                     continue
-                old = _record(row)
+                old = label_record(row)
                 if not (replace_pending and old.status == "pending" and old.origin != "human"):
                     continue
                 if old.annotation_id == annotation_id:
@@ -464,127 +440,3 @@ class LabelsMixin(AnnotationsMixin):
                 self._history(db, tid, old.version + 1, user, at, "reannotate", before, after, None)
                 changed += 1
         return changed
-
-    # -- locks -------------------------------------------------------------------------------
-    def acquire_lock(
-        self, triplet_id: str, user: str, *, seconds: float = DEFAULT_LOCK_SECONDS
-    ) -> LabelRecord:
-        """Hold a label for ``user`` for ``seconds`` (renewing one's own lock is fine).
-
-        Raises LockedError if another user holds a live lock, NotFoundError if unlabelled.
-        """
-        require_text(user, "user")
-        if not seconds > 0:
-            raise StoreInputError(f"lock duration must be positive, got {seconds!r} seconds.")
-        at = now()
-        with self.transaction() as db:
-            cur = db.conn.execute(
-                "UPDATE labels SET locked_by = ?, locked_until = ? WHERE triplet_id = ? "
-                "AND (locked_by IS NULL OR locked_by = ? OR locked_until <= ?)",
-                [user, _later(seconds), triplet_id, user, at],
-            )
-            row = fetch_one(db, "SELECT * FROM labels WHERE triplet_id = ?", [triplet_id])
-            if row is None:
-                raise NotFoundError(f"triplet {triplet_id!r} has no label to lock.")
-            if cur.rowcount != 1:
-                raise _locked(triplet_id, row)
-            return _record(row)
-
-    def release_lock(self, triplet_id: str, user: str, *, force: bool = False) -> bool:
-        """Release ``user``'s lock (any user's with ``force``); True if a lock was released."""
-        require_text(user, "user")
-        cond = "" if force else " AND locked_by = ?"
-        with self.transaction() as db:
-            cur = db.conn.execute(
-                "UPDATE labels SET locked_by = NULL, locked_until = NULL "
-                f"WHERE triplet_id = ? AND locked_by IS NOT NULL{cond}",
-                [triplet_id] if force else [triplet_id, user],
-            )
-            return cur.rowcount == 1
-
-    def next_for_review(
-        self,
-        user: str,
-        *,
-        status: str | Sequence[str] = "pending",
-        split: str | None = None,
-        seconds: float = DEFAULT_LOCK_SECONDS,
-    ) -> LabelRecord | None:
-        """Lock and return the next label to review (the user's own live lock first), or None.
-
-        Atomic: two annotators calling this at the same moment never get the same item.
-        """
-        require_text(user, "user")
-        statuses = [status] if isinstance(status, str) else list(status)
-        for s in statuses:
-            require_choice(s, REVIEW_STATUSES, "status")
-        at = now()
-        cond = f"l.status IN ({', '.join('?' * len(statuses))})"
-        params: list[Any] = list(statuses)
-        if split is not None:
-            cond, params = cond + " AND t.split = ?", [*params, split]
-        base = (
-            f"SELECT l.triplet_id FROM labels l JOIN triplets t ON t.id = l.triplet_id WHERE {cond}"
-        )
-        with self.transaction() as db:
-            found = (
-                db.execute(
-                    f"{base} AND l.locked_by = ? AND l.locked_until > ? ORDER BY t.rowid LIMIT 1",
-                    [*params, user, at],
-                ).fetchone()
-                or db.execute(
-                    f"{base} AND (l.locked_by IS NULL OR l.locked_until <= ?) "
-                    "ORDER BY t.rowid LIMIT 1",
-                    [*params, at],
-                ).fetchone()
-            )
-            if found is None:
-                return None
-            db.conn.execute(
-                "UPDATE labels SET locked_by = ?, locked_until = ? WHERE triplet_id = ?",
-                [user, _later(seconds), found[0]],
-            )
-            return _record(fetch_one(db, "SELECT * FROM labels WHERE triplet_id = ?", [found[0]]))
-
-    # -- export ------------------------------------------------------------------------------
-    def export_labels(
-        self, *, split: str | None = None, include_unreviewed: bool = True
-    ) -> dict[str, ExportedLabel]:
-        """The training labels, keyed by triplet id, in insertion order.
-
-        The label row is the truth: a human correction (``fixed``) replaces the judge's values
-        and is exported with origin ``human``; ``accepted`` labels keep their machine origin
-        and name the reviewer; ``rejected`` triplets are left out; ``pending``/``skipped``
-        (unreviewed machine labels) are included unless ``include_unreviewed`` is False.
-        """
-        statuses = ["accepted", "fixed"] + (["pending", "skipped"] if include_unreviewed else [])
-        sql = (
-            "SELECT l.*, a.judge_model, a.prompt_version FROM labels l "
-            "JOIN triplets t ON t.id = l.triplet_id "
-            "LEFT JOIN annotations a ON a.id = l.annotation_id "
-            f"WHERE l.status IN ({', '.join('?' * len(statuses))})"
-        )
-        params: list[Any] = list(statuses)
-        if split is not None:
-            sql, params = sql + " AND t.split = ?", [*params, split]
-        with self.db() as db:
-            rows = list(db.query(sql + " ORDER BY t.rowid", params))
-        return {
-            r["triplet_id"]: ExportedLabel(
-                triplet_id=r["triplet_id"],
-                rewards=rewards_from_row(r),
-                origin=r["origin"],
-                status=r["status"],
-                version=r["version"],
-                reviewed_by=r["updated_by"] if r["status"] in REVIEWED else None,
-                annotation_id=r["annotation_id"],
-                judge_model=r["judge_model"],
-                prompt_version=r["prompt_version"],
-                updated_at=r["updated_at"],
-            )
-            for r in rows
-        }
-
-    def export_rewardedit(self, **filters: Any) -> dict[str, list[dict[str, Any]]]:
-        """:meth:`export_labels` in the paper's RewardEdit-20K JSON shape."""
-        return dump_rewardedit({k: v.rewards for k, v in self.export_labels(**filters).items()})
