@@ -39,7 +39,7 @@ CSS = """
 /* The shortcut cursor and the keyboard focus ring are drawn inside their element (negative
    offset): Gradio's blocks clip what overflows them, which hid an outside ring. */
 .mrc-cursor { outline: 3px solid #f59e0b; outline-offset: -3px; border-radius: 8px; }
-.gradio-container :is(button, input, textarea, select, [tabindex]):focus-visible {
+.gradio-container :is(a[href], button, input, textarea, select, [tabindex]):focus-visible {
   outline: 3px solid #2563eb !important; outline-offset: -3px !important;
 }
 #mrc-banner { border-left: 6px solid #f59e0b; padding: 6px 12px; background: #fffbeb; }
