@@ -55,7 +55,7 @@ def test_widened_unet_ignores_the_new_channels_and_equals_the_original():
     from diffusers import UNet2DConditionModel
 
     from core.tiny import TinyConfig, unet_config
-    from train.models import widen_conv_in
+    from train.starting_checkpoint import widen_conv_in
 
     cfg = TinyConfig()
     c = cfg.latent_channels

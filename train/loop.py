@@ -51,13 +51,13 @@ from train.integrations import (
 )
 from train.models import (
     build_models,
-    check_model_for_stage,
     export_pipeline,
     move_frozen,
     restore_float32,
     set_trainable,
 )
 from train.objectives import objective_for_stage
+from train.starting_checkpoint import check_model_for_stage
 from train.training_data import load_training_data, write_data_files
 from train.validation import save_grid
 
