@@ -171,8 +171,9 @@ def show_results(ctx: StudioContext, request: gr.Request):
     if report.ratings.empty:
         note = "No team ratings yet." if len(report.raters) else "No ratings yet."
     else:
+        n_raters = report.ratings["rater"].nunique()
         note = (
-            f"{report.ratings['rater'].nunique()} raters, "
+            f"{n_raters} rater{'s' if n_raters != 1 else ''}, "
             f"{len(report.ratings) // len(PERSPECTIVES)} rated outputs, "
             f"{len(report.preferences)} preferences. Means with 95% bootstrap intervals over items."
         )

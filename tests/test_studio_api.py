@@ -193,7 +193,7 @@ def test_blind_rating_round_trip_and_results(studio):
     assert stored_a == (left if a_left else right)
     assert row["preference"] == ("A" if a_left else "B")
     note, scores, wins, bt, alpha, agreement, raters, local, _ = ada.predict(api_name="/results")
-    assert "1 raters" in note
+    assert note.startswith("1 rater, ")
     systems = {r[0] for r in scores["data"]}
     assert systems == {SYSTEM_A, SYSTEM_B}
     with pytest.raises(Exception, match="Give a score"):

@@ -239,7 +239,7 @@ def test_gold_campaign_per_rater_agreement_and_an_excluded_rater(browser, tmp_pa
         note = admin.get_by_text("Excluded from these tables")
         note.wait_for()
         assert note.inner_text() == (
-            "1 raters, 6 rated outputs, 3 preferences. Means with 95% bootstrap intervals "
+            "1 rater, 6 rated outputs, 3 preferences. Means with 95% bootstrap intervals "
             "over items. Excluded from these tables: raul. Ratings made in local single-user "
             "mode are counted apart (below)."
         )
