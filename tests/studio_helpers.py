@@ -22,6 +22,15 @@ SYSTEM_B = "secret-system-bravo"
 MODEL_A = "model-ALPHA-weights"
 MODEL_B = "model-BRAVO-weights"
 PASSWORD = "correct horse battery"
+GOOD = {"following": 5, "preserving": 5, "quality": 5}  # a gold pair's better image
+BAD = {"following": 1, "preserving": 1, "quality": 1}  # and its worse one
+# Debian's chromium, driven by Playwright (never a browser download).
+CHROMIUM = Path(os.environ.get("MRC_CHROMIUM", "/usr/bin/chromium"))
+ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+TIMEOUT = 30_000  # ms for any one UI step on a busy 2-core machine
 USERS = {"ada": "admin", "alice": "annotator", "bob": "annotator", "rita": "rater", "raul": "rater"}
 
 
@@ -150,3 +159,27 @@ def call(opener, url: str, api: str, *data) -> list:
                 raise RuntimeError(str(payload))
             return payload
     raise RuntimeError(f"no result in the event stream of {api}: {stream[:300]}")
+
+
+@contextlib.contextmanager
+def chromium():
+    """A headless Debian chromium through Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def add_gold_pairs(store: Store, n: int) -> list[int]:
+    """``n`` gold pairs on the first benchmark items: the better image scored 5s, the worse 1s."""
+    rng = np.random.default_rng(5)
+    ids = []
+    for item in triplet_ids(store, "benchmark")[:n]:
+        better, worse = (rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2))
+        ids.append(store.add_gold_item(item, better, worse, source="test",
+                                       better_scores=GOOD, worse_scores=BAD))  # fmt: skip
+    return ids

@@ -8,9 +8,7 @@ the keyboard and checks that the results table changed. Skipped with the reason 
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,21 +17,18 @@ from PIL import Image
 from studio.app import create_context
 from studio.rating import Evaluation
 from tests.studio_helpers import (
+    CHROMIUM,
     MODEL_A,
     MODEL_B,
     PASSWORD,
     SYSTEM_A,
     SYSTEM_B,
+    TIMEOUT,
     build_store,
+    chromium,
     serve,
     tiny_model,
 )
-
-CHROMIUM = Path(os.environ.get("MRC_CHROMIUM", "/usr/bin/chromium"))
-ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
 
 pytestmark = [
     pytest.mark.browser,
@@ -43,7 +38,6 @@ pytestmark = [
     ),
 ]
 TRIPLET_ID = re.compile(r"^\s*[0-9a-f]{16}\s*$")
-TIMEOUT = 30_000  # ms for any one UI step on a busy 2-core machine
 # Elements inside a component that say "Error" and are not hidden (Gradio's status tracker
 # stays in the page and hides with opacity 0).
 SHOWN_ERROR_BADGES = """(selector) => [...document.querySelectorAll(selector + " *")].filter((el) => {
@@ -59,12 +53,8 @@ SHOWN_ERROR_BADGES = """(selector) => [...document.querySelectorAll(selector + "
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def test_edit_review_rate_and_results_in_the_browser(browser, tmp_path):

@@ -16,7 +16,6 @@ Skipped with the reason when /usr/bin/chromium is missing, as ``test_studio_brow
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from studio.app import create_context
@@ -24,15 +23,19 @@ from studio.auth import LOCAL_USER, ensure_local_user
 from studio.media import NeutralImages
 from studio.rating import BlindRating, Evaluation
 from tests.studio_helpers import (
+    BAD,
+    CHROMIUM,
+    GOOD,
     PASSWORD,
     SYSTEM_A,
     SYSTEM_B,
+    TIMEOUT,
+    add_gold_pairs,
     build_store,
+    chromium,
     serve,
     tiny_model,
-    triplet_ids,
 )
-from tests.test_studio_browser import ARGS, CHROMIUM, TIMEOUT
 
 expect = pytest.importorskip("playwright.sync_api").expect
 
@@ -44,8 +47,6 @@ pytestmark = [
     ),
 ]
 P = ("following", "preserving", "quality")
-GOOD = dict.fromkeys(P, 5)  # the known scores of a gold pair's better image
-BAD = dict.fromkeys(P, 1)  # and of its worse one
 # A Gradio 6 data frame as the page shows it: {column: [cell text, ...]}.
 TABLE = """(el) => {
   const heads = [...el.querySelectorAll("th[role=columnheader]")].map((th) => th.title);
@@ -68,12 +69,8 @@ RING = {"style": "solid", "width": "3px", "color": "rgb(37, 99, 235)", "offset":
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def _page(browser):
@@ -89,17 +86,6 @@ def _login(page, url: str, user: str) -> None:
     page.get_by_label("password").fill(PASSWORD)
     page.get_by_role("button", name="Login").click()
     page.locator("#mrc-user").get_by_text(f"Signed in as {user}").wait_for()
-
-
-def _add_gold(store, n: int) -> list[int]:
-    """``n`` gold pairs on the first benchmark items: better scored 5s, worse 1s."""
-    rng = np.random.default_rng(5)
-    ids = []
-    for item in triplet_ids(store, "benchmark")[:n]:
-        better, worse = (rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2))
-        ids.append(store.add_gold_item(item, better, worse, source="test",
-                                       better_scores=GOOD, worse_scores=BAD))  # fmt: skip
-    return ids
 
 
 def _rate_in_local_mode(store, tmp_path) -> None:
@@ -163,7 +149,7 @@ def _table(page, elem_id: str) -> dict[str, list[str]]:
 
 def test_gold_campaign_per_rater_agreement_and_an_excluded_rater(browser, tmp_path):
     store = build_store(tmp_path / "s.db", n_bench=3)
-    gold_ids = _add_gold(store, 2)
+    gold_ids = add_gold_pairs(store, 2)
     _rate_in_local_mode(store, tmp_path)
     # The campaign starts without gold pairs (the newest two runs, k = 3); ada changes it.
     ctx = create_context(store, tiny_model(), login_required=True)

@@ -15,11 +15,16 @@ from studio.auth import LOCAL_USER, ensure_local_user
 from studio.media import NeutralImages
 from studio.rating import BlindRating, Evaluation, results
 from studio.results import ResultsConfig
-from tests.studio_helpers import SYSTEM_A, SYSTEM_B, build_store, triplet_ids
+from tests.studio_helpers import (
+    BAD,
+    GOOD,
+    SYSTEM_A,
+    SYSTEM_B,
+    add_gold_pairs,
+    build_store,
+)
 
 FAST = ResultsConfig(n_bootstrap=50)
-GOOD = {"following": 5, "preserving": 5, "quality": 5}
-BAD = {"following": 1, "preserving": 1, "quality": 1}
 THREE = {"following": 3, "preserving": 3, "quality": 3}
 
 
@@ -32,16 +37,6 @@ def store(tmp_path):
 
 def _rating(store, tmp_path, **kw) -> BlindRating:
     return BlindRating(store, Evaluation(SYSTEM_A, SYSTEM_B, **kw), NeutralImages(tmp_path / "m"))
-
-
-def _add_gold(store, n: int) -> list[int]:
-    rng = np.random.default_rng(5)
-    ids = []
-    for item in triplet_ids(store, "benchmark")[:n]:
-        better, worse = (rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2))
-        ids.append(store.add_gold_item(item, better, worse, source="test",
-                                       better_scores=GOOD, worse_scores=BAD))  # fmt: skip
-    return ids
 
 
 def _answer(rating: BlindRating, rater: str, scores_of_a, prefer_a: bool | None = True) -> dict:
@@ -59,7 +54,7 @@ def _answer(rating: BlindRating, rater: str, scores_of_a, prefer_a: bool | None 
 
 
 def test_gold_pairs_are_mixed_in_blind_and_scored_per_rater(store, tmp_path):
-    gold_ids = _add_gold(store, 2)
+    gold_ids = add_gold_pairs(store, 2)
     rating = _rating(store, tmp_path, gold_share=0.5, seed=3)
     seen = [_answer(rating, "rita", GOOD) for _ in range(8)]
     golds = [s["gold"] for s in seen if s["gold"] is not None]
@@ -84,7 +79,7 @@ def test_gold_pairs_are_mixed_in_blind_and_scored_per_rater(store, tmp_path):
 
 
 def test_gold_pairs_are_never_shown_once_the_real_work_is_done(store, tmp_path):
-    _add_gold(store, 6)
+    add_gold_pairs(store, 6)
     rating = _rating(store, tmp_path, gold_share=1.0, overlap=1)
     kinds = [_answer(rating, "rita", GOOD)["gold"] is not None for _ in range(12)]
     assert kinds == [True] * 6 + [False] * 6  # share 1: gold first, then only real pairs
@@ -143,7 +138,7 @@ def test_reveal_names_the_systems_only_when_the_campaign_asks(store, tmp_path):
     assert text.startswith(f"Left was **{left}**")
     with pytest.raises(ConflictError, match="not a finished rating of yours"):
         rating.reveal("raul", shown["assignment"])
-    _add_gold(store, 1)
+    add_gold_pairs(store, 1)
     gold = _rating(store, tmp_path, gold_share=1.0)
     answer = _answer(gold, "raul", GOOD)
     assert "check pair" in gold.reveal("raul", answer["assignment"])
