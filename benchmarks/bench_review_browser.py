@@ -30,8 +30,17 @@ from typing import Any
 from benchmarks.bench_review import percentile
 from studio.app import create_context
 from studio.rating import Evaluation
-from tests.studio_helpers import SYSTEM_A, SYSTEM_B, build_store, serve, tiny_model
-from tests.test_studio_browser import ARGS, CHROMIUM, TIMEOUT, _login
+from tests.studio_helpers import (
+    CHROMIUM,
+    SYSTEM_A,
+    SYSTEM_B,
+    TIMEOUT,
+    browser_login,
+    build_store,
+    chromium,
+    serve,
+    tiny_model,
+)
 
 USERS = ("alice", "bob", "ada")
 GOAL_MS = 150.0
@@ -85,7 +94,7 @@ def measure(browser: Any, folder: Path, rounds: int) -> dict[str, Any]:
         for user in USERS:
             page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
             page.set_default_timeout(TIMEOUT)
-            _login(page, url, user)
+            browser_login(page, url, user)
             page.get_by_role("tab", name="Review").click()
             page.locator("#review-load").click()
             page.locator("#review-header code").first.wait_for()
@@ -116,8 +125,6 @@ def summarise(timings: dict[str, list[float]]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from playwright.sync_api import sync_playwright
-
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_review_browser",
                                  description=__doc__.split("\n\n")[0])  # fmt: skip
     ap.add_argument("--rounds", type=int, default=20, help="rounds per user and step")
@@ -126,10 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     if not CHROMIUM.exists():
         print(f"{CHROMIUM} is not installed (apt-get install chromium).", file=sys.stderr)
         return 2
-    with sync_playwright() as p, tempfile.TemporaryDirectory() as tmp:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+    with chromium() as browser, tempfile.TemporaryDirectory() as tmp:
         summary = summarise(measure(browser, Path(tmp), args.rounds)["timings"])
-        browser.close()
     print(f"browser latency, {len(USERS)} users signed in (goal: p95 <= {GOAL_MS:g} ms):")
     for step, f in summary.items():
         extra = f"  {f['p95_vs_fetch']}x the fetch p95" if "p95_vs_fetch" in f else ""

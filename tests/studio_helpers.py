@@ -183,3 +183,12 @@ def add_gold_pairs(store: Store, n: int) -> list[int]:
         ids.append(store.add_gold_item(item, better, worse, source="test",
                                        better_scores=GOOD, worse_scores=BAD))  # fmt: skip
     return ids
+
+
+def browser_login(page, url: str, user: str) -> None:
+    """Sign ``user`` in on the studio's login page (the shared test password)."""
+    page.goto(url)
+    page.get_by_label("username").fill(user)
+    page.get_by_label("password").fill(PASSWORD)
+    page.get_by_role("button", name="Login").click()
+    page.locator("#mrc-user").get_by_text(f"Signed in as {user}").wait_for()

@@ -20,10 +20,10 @@ from tests.studio_helpers import (
     CHROMIUM,
     MODEL_A,
     MODEL_B,
-    PASSWORD,
     SYSTEM_A,
     SYSTEM_B,
     TIMEOUT,
+    browser_login,
     build_store,
     chromium,
     serve,
@@ -118,14 +118,6 @@ def test_edit_review_rate_and_results_in_the_browser(browser, tmp_path):
         page.close()
 
 
-def _login(page, url: str, user: str) -> None:
-    page.goto(url)
-    page.get_by_label("username").fill(user)
-    page.get_by_label("password").fill(PASSWORD)
-    page.get_by_role("button", name="Login").click()
-    page.locator("#mrc-user").get_by_text(f"Signed in as {user}").wait_for()
-
-
 def test_a_rater_sees_only_the_blind_tab_and_indistinguishable_images(browser, tmp_path):
     """Issue 14, point 1, in the browser: a rater's page shows one tab, names no model or
     system, and the two outputs arrive with the same headers (time, ETag, size, type)."""
@@ -139,7 +131,7 @@ def test_a_rater_sees_only_the_blind_tab_and_indistinguishable_images(browser, t
         page.set_default_timeout(TIMEOUT)
         images = {}
         page.on("response", lambda r: images.__setitem__(r.url, r) if "file=" in r.url else None)
-        _login(page, url, "rita")
+        browser_login(page, url, "rita")
         tabs = page.get_by_role("tab")
         assert [t.strip() for t in tabs.all_inner_texts()] == ["Human evaluation"]
         page.locator("#rate-start").click()

@@ -26,11 +26,11 @@ from tests.studio_helpers import (
     BAD,
     CHROMIUM,
     GOOD,
-    PASSWORD,
     SYSTEM_A,
     SYSTEM_B,
     TIMEOUT,
     add_gold_pairs,
+    browser_login,
     build_store,
     chromium,
     serve,
@@ -78,14 +78,6 @@ def _page(browser):
     page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
     page.set_default_timeout(TIMEOUT)
     return page
-
-
-def _login(page, url: str, user: str) -> None:
-    page.goto(url)
-    page.get_by_label("username").fill(user)
-    page.get_by_label("password").fill(PASSWORD)
-    page.get_by_role("button", name="Login").click()
-    page.locator("#mrc-user").get_by_text(f"Signed in as {user}").wait_for()
 
 
 def _rate_in_local_mode(store, tmp_path) -> None:
@@ -156,10 +148,19 @@ def test_gold_campaign_per_rater_agreement_and_an_excluded_rater(browser, tmp_pa
     assert ctx.rating.evaluation.gold_share == 0
     with serve(ctx) as url:
         admin = _page(browser)
-        _login(admin, url, "ada")
+        browser_login(admin, url, "ada")
         admin.get_by_role("tab", name="Human evaluation").click()
         admin.get_by_text("Evaluation set-up (admin)").click()
-        admin.locator("#rate-gold-percent input").fill("30")
+        # The page's load event fills the set-up form from the server; it may land after a
+        # first fill and put 0 back, so fill until the value has stayed put for a moment.
+        gold_percent = admin.locator("#rate-gold-percent input")
+        for _ in range(20):
+            gold_percent.fill("30")
+            gold_percent.press("Tab")
+            admin.wait_for_timeout(500)
+            if gold_percent.input_value() == "30":
+                break
+        expect(gold_percent).to_have_value("30")
         admin.locator("#rate-configure").click()
         admin.get_by_text("Raters now compare").wait_for()
         setup = admin.get_by_text("Raters now compare").inner_text()
@@ -178,7 +179,7 @@ def test_gold_campaign_per_rater_agreement_and_an_excluded_rater(browser, tmp_pa
             ("raul", _flat, [True, True, False, False, False]),
         ):
             page = pages[rater] = _page(browser)
-            _login(page, url, rater)
+            browser_login(page, url, rater)
             assert _rate_all(page, store, rater, answer) == expected
         progress = pages["raul"].locator("#rate-progress").inner_text()
         assert progress == (
