@@ -111,23 +111,38 @@ class LossProbe:
         return pipe.vae.encode(pixels).latent_dist.mode()
 
     @torch.no_grad()
+    def pair_latents(self, items: list[BenchmarkItem]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(source latents, scaled target latents) of ``items``: read and encoded once."""
+        source = self.latents([it.load_image().convert("RGB") for it in items])
+        target = self.latents([it.load_target().convert("RGB") for it in items])
+        return source, target * self.pipe.vae.config.scaling_factor
+
+    @torch.no_grad()
     def losses(
-        self, items: list[BenchmarkItem], prompts: list[str], timesteps: Sequence[int], seed: int
+        self,
+        source: torch.Tensor,
+        target: torch.Tensor,
+        prompts: list[str],
+        timesteps: Sequence[int],
+        seed: int,
     ) -> torch.Tensor:
         """(items,) mean loss over ``timesteps``; the noise depends only on ``seed``."""
         pipe = self.pipe
-        source = self.latents([it.load_image().convert("RGB") for it in items])
-        target = self.latents([it.load_target().convert("RGB") for it in items])
-        target = target * pipe.vae.config.scaling_factor
         hidden = encode_text(prompts, pipe.tokenizer, pipe.text_encoder, pipe.device)
         hidden = hidden.last_hidden_state.to(pipe.unet.dtype)
+        reward = self.reward(len(prompts), target.device)
         g = torch.Generator().manual_seed(seed)
-        total = torch.zeros(len(items))
+        total = torch.zeros(len(prompts))
         for t in timesteps:
             noise = torch.randn(target.shape, generator=g).to(target)
-            tt = torch.full((len(items),), int(t), device=target.device, dtype=torch.long)
+            tt = torch.full((len(prompts),), int(t), device=target.device, dtype=torch.long)
             noisy = self.noise_scheduler.add_noise(target, noise, tt)
-            pred = self.predict(torch.cat([noisy, source], dim=1), tt, hidden)
+            model_input = torch.cat([noisy, source], dim=1)
+            if reward is None:
+                pred = pipe.unet(model_input, tt, encoder_hidden_states=hidden).sample
+            else:
+                pred = pipe.mrc_unet(model_input, tt, encoder_hidden_states=hidden, reward=reward)
+                pred = pred.sample
             if self.prediction_type == "epsilon":
                 want = noise
             else:
@@ -135,14 +150,13 @@ class LossProbe:
             total += ((pred.float() - want.float()) ** 2).mean(dim=(1, 2, 3)).cpu()
         return total / len(timesteps)
 
-    def predict(self, model_input: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor):
-        pipe = self.pipe
+    def reward(self, n: int, device: torch.device) -> Any:
+        """An MRC system's requested rewards for ``n`` items (None for InstructPix2Pix)."""
         if self.spec.kind != "mrc":
-            return pipe.unet(model_input, t, encoder_hidden_states=hidden).sample
+            return None
         request = Rewards.from_scores(self.spec.rewards, self.spec.reward_text)
-        reward = pipe.encode_rewards([request] * len(model_input), model_input.device)
-        reward = reward.to(device=model_input.device, dtype=pipe.unet.dtype)
-        return pipe.mrc_unet(model_input, t, encoder_hidden_states=hidden, reward=reward).sample
+        reward = self.pipe.encode_rewards([request] * n, device)
+        return reward.to(device=device, dtype=self.pipe.unet.dtype)
 
 
 def probe_system(
@@ -158,7 +172,10 @@ def probe_system(
     for category, items in groups.items():
         own = [it.instruction for it in items]
         prompts = {"true": own, "other": own[1:] + own[:1], "empty": [""] * len(items)}
-        loss = {c: probe.losses(items, prompts[c], timesteps, seed).numpy() for c in CONDITIONS}
+        source, target = probe.pair_latents(items)
+        loss = {
+            c: probe.losses(source, target, prompts[c], timesteps, seed).numpy() for c in CONDITIONS
+        }
         gain = loss["other"] - loss["true"]
         out.append(
             CategoryProbe(
