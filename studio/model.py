@@ -239,7 +239,7 @@ def load_edit_model(
     else:
         if Path(source).exists() and not Path(source).is_dir():
             raise ValueError(f"--model {source!r} is a file; pass a pipeline folder or a hub id.")
-        pipe = MRCInstructPix2PixPipeline.from_pretrained(source, torch_dtype=dtype)
+        pipe = MRCInstructPix2PixPipeline.from_pretrained(source, dtype=dtype)
         trained, name = True, source
     pipe = pipe.to(dev) if pipe.dtype == dtype else pipe.to(dev, dtype)
     pipe.set_progress_bar_config(disable=True)
