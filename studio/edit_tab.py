@@ -17,7 +17,7 @@ import gradio as gr
 from PIL import Image
 
 from core.images import load_image
-from core.rewards import PERSPECTIVES, TITLES
+from core.rewards import PERSPECTIVES, TITLES, Rewards
 from studio.auth import CAN_EDIT, CAN_REVIEW
 from studio.context import StudioContext, bind, user_errors, username
 from studio.model import EditSettings
@@ -31,8 +31,7 @@ def _settings(
     if seed is None or int(seed) < 0:
         raise gr.Error("The seed must be a whole number of 0 or more.", print_exception=False)
     return EditSettings(
-        rewards=tuple(float(s) for s in scores),
-        reward_text=tuple((t or "").strip() for t in texts),
+        rewards=Rewards.from_scores([float(s) for s in scores], [(t or "").strip() for t in texts]),
         steps=int(steps),
         guidance_scale=float(text_cfg),
         image_guidance_scale=float(image_cfg),
@@ -129,7 +128,7 @@ def run_edit(
         progress=lambda i, n: progress((i, n), desc="editing", unit="steps"),
     )  # fmt: skip
     last = {"original": before, "edited": after, "instruction": instruction, "settings": settings}
-    scores = ", ".join(f"{p} {s:g}" for p, s in zip(PERSPECTIVES, settings.rewards))
+    scores = ", ".join(f"{p} {s:g}" for p, s in zip(PERSPECTIVES, settings.rewards.scores))
     status = f"Edited with rewards ({scores}), seed {settings.seed}, {settings.steps} steps."
     if before.size != image.size:  # the model worked on a smaller copy: compare at full size
         status += (

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from core.images import load_image
 from core.pipeline import MRCInstructPix2PixPipeline, image_grid
-from core.rewards import PERSPECTIVES, TITLES
+from core.rewards import PERSPECTIVES, TITLES, Rewards
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (step done, total steps)
@@ -42,8 +42,8 @@ Progress = Callable[[int, int], None]  # (step done, total steps)
 class EditSettings:
     """One edit request. Defaults follow the paper's inference (eval.py)."""
 
-    rewards: tuple[float, float, float] = (5.0, 5.0, 5.0)  # following, preserving, quality
-    reward_text: tuple[str, str, str] = ("", "", "")  # failure texts; "" means none
+    # The requested scores and failure texts ("" means none); the paper asks for 5/5/5.
+    rewards: Rewards = field(default_factory=Rewards.best)
     steps: int = 30  # Euler-Ancestral steps, as the authors' eval.py
     # Text / image guidance (InstructPix2Pix); None: the model's recorded defaults
     # (EditModel.default_settings; 7.5 / 1.5 unless its folder records measured ones).
@@ -53,7 +53,9 @@ class EditSettings:
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Flat and JSON-ready, as stored with an edit sent to review."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rewards"}
+        return {"rewards": list(self.rewards.scores), "reward_text": list(self.rewards.texts), **d}
 
 
 @dataclass
@@ -95,8 +97,7 @@ class EditModel:
         self,
         image: Image.Image,
         instructions: list[str],
-        rewards: list[tuple[float, float, float]],
-        texts: list[tuple[str, str, str]],
+        rewards: list[Rewards],
         settings: EditSettings,
         progress: Progress | None,
         seeds: Sequence[int] | None = None,
@@ -115,7 +116,6 @@ class EditModel:
             prompt=instructions,
             image=image,
             rewards=rewards,
-            reward_text=texts,
             num_inference_steps=int(settings.steps),
             guidance_scale=settings.guidance_scale,  # None: the pipeline's recorded default
             image_guidance_scale=settings.image_guidance_scale,
@@ -134,9 +134,7 @@ class EditModel:
     ) -> tuple[Image.Image, Image.Image]:
         """(the input as the model saw it, the edited image)."""
         img = self._prepare(image)
-        edited = self._call(
-            img, [instruction], [settings.rewards], [settings.reward_text], settings, progress
-        )[0]
+        edited = self._call(img, [instruction], [settings.rewards], settings, progress)[0]
         return img, edited
 
     def best_of(
@@ -161,8 +159,9 @@ class EditModel:
             raise ValueError(f"best-of-N takes 1 to 16 candidates; got {n}.")
         img = self._prepare(image)
         seeds = [int(settings.seed) + k for k in range(n)]
-        drawn = self._call(img, [instruction] * n, [settings.rewards] * n,
-                           [settings.reward_text] * n, settings, progress, seeds)  # fmt: skip
+        drawn = self._call(
+            img, [instruction] * n, [settings.rewards] * n, settings, progress, seeds
+        )
         return img, rank_candidates(self.reward_model, img, instruction, drawn)
 
     def sweep(
@@ -179,14 +178,10 @@ class EditModel:
         requested values. Every cell uses the same seed, so differences come from the reward.
         """
         img = self._prepare(image)
-        rewards, texts = [], []
-        for i in range(len(PERSPECTIVES)):
-            for level in levels:
-                r = list(settings.rewards)
-                r[i] = float(level)
-                rewards.append(tuple(r))
-                texts.append(settings.reward_text)
-        images = self._call(img, [instruction] * len(rewards), rewards, texts, settings, progress)
+        rewards = [
+            settings.rewards.replace(p, score=float(x)) for p in PERSPECTIVES for x in levels
+        ]
+        images = self._call(img, [instruction] * len(rewards), rewards, settings, progress)
         return label_grid(images, [TITLES[p] for p in PERSPECTIVES], [f"{x:g}" for x in levels])
 
 
