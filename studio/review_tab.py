@@ -142,6 +142,9 @@ def build_review_tab(ctx: StudioContext) -> dict[str, Any]:
     ]
     # show_progress="hidden": a refusal is a toast (gr.Error) and leaves every output as it
     # was, instead of an "Error" badge over each of them; these events take milliseconds.
+    # Not queue=False, though it saves the page the queue's round trips (a third of a step's
+    # time in docs/studio.md's browser benchmark): Gradio 6's page then shows a gr.Error as an
+    # "Error" badge over every output, not a toast (tests/test_studio_browser.py checks it).
     quiet = dict(show_progress="hidden")
     load.click(bind(review_next, ctx), [state, *filters], item_outputs, api_name="review_next",
                **quiet)  # fmt: skip

@@ -184,8 +184,14 @@ def test_errors_are_toasts_a_conflict_applies_mine_and_undo(browser, tmp_path):
             assert page.evaluate(SHOWN_ERROR_BADGES, box) == 0, box
         assert "turn item" in page.locator("#rate-instruction").inner_text()
 
-        # Review: I set following to 2; meanwhile bob saves his own values.
+        # The Review tab: a refusal is a toast too (with queue=False it would be badges).
         page.get_by_role("tab", name="Review").click()
+        page.locator("#review-accept").click()
+        page.get_by_text("No item is open").first.wait_for()
+        for box in ("#review-header", "#review-original", "#review-annotations"):
+            assert page.evaluate(SHOWN_ERROR_BADGES, box) == 0, box
+
+        # Review: I set following to 2; meanwhile bob saves his own values.
         page.locator("#review-load").click()
         header = page.locator("#review-header")
         header.get_by_text("doubt").wait_for()
