@@ -20,9 +20,12 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
+def write_atomic(path: str | os.PathLike, data: bytes | str, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` atomically (``str`` is encoded as UTF-8).
 
+    ``durable``: fsync the data before the rename, so that it survives a power loss. A cache
+    that a new process never trusts (it recomputes what it has not written itself) can skip it:
+    readers still see the old file or the whole new one, never a torn one.
     The parent directory must exist. Raises ``TypeError`` for anything but ``bytes``/``str``.
     """
     if isinstance(data, str):
@@ -35,7 +38,8 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -34,3 +34,15 @@ def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path, m
         write_atomic(target, "new")
     assert target.read_text(encoding="utf-8") == "old"
     assert os.listdir(tmp_path) == ["cache.json"]
+
+
+def test_durable_writes_fsync_and_cache_writes_do_not(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = fileio.os.fsync
+    monkeypatch.setattr(fileio.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    write_atomic(tmp_path / "label.json", "kept")
+    assert len(synced) == 1
+    write_atomic(tmp_path / "diff.png", b"\x89PNG", durable=False)
+    assert len(synced) == 1  # no fsync for a cache a new process recomputes
+    assert (tmp_path / "diff.png").read_bytes() == b"\x89PNG"
+    assert sorted(os.listdir(tmp_path)) == ["diff.png", "label.json"]
