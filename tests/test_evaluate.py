@@ -288,3 +288,26 @@ def test_best_of_n_system_in_a_run_stores_every_candidates_scores(tmp_path, mode
         cands = o["meta"]["candidates"]
         assert len(cands) == 2 and sum(c["chosen"] for c in cands) == 1
         assert set(cands[0]["mean"]) == {"following", "preserving", "quality"}
+
+
+def test_a_model_moved_to_another_folder_reuses_its_outputs(tmp_path, models, caplog):
+    import shutil
+
+    bench = make_folder_benchmark(tmp_path / "bench")
+    cfg = _config(bench, models, tmp_path / "out", sweep=None, systems=(f"mrc={models['mrc']}",))
+    run_evaluation(cfg, judge=FakeJudge())
+    moved = tmp_path / "shipped" / "mrc"
+    shutil.copytree(models["mrc"], moved)  # same files, another path (e.g. shipped)
+    again = FakeJudge()
+    with caplog.at_level("INFO", logger="train.evaluate.runner"):
+        info = run_evaluation(replace(cfg, systems=(f"mrc={moved}",)), judge=again)
+    assert again.calls == 0 and [s["generated_now"] for s in info["systems"]] == [0]
+    assert "holds the same files" in caplog.text
+    # different files under the old name are a different system: generated anew
+    changed = tmp_path / "changed" / "mrc"
+    shutil.copytree(models["mrc"], changed)
+    (changed / "model_index.json").write_text(
+        (changed / "model_index.json").read_text().replace("}", ', "default_guidance_scale": 3.0}', 1)
+    )
+    info = run_evaluation(replace(cfg, systems=(f"mrc={changed}",)), judge=FakeJudge())
+    assert [s["generated_now"] for s in info["systems"]] == [6]

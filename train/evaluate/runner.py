@@ -27,6 +27,7 @@ import asyncio
 import json
 import time
 from collections import Counter
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,8 @@ from train.evaluate.generate import (
 )
 from train.evaluate.systems import SystemSpec, folder_identity, folder_outputs, model_digest
 from train.evaluate.tables import NO_OUTPUT
+
+log = logging.getLogger(__name__)
 
 BENCHMARK_SPLIT = "benchmark"
 BAD_OUTPUT = "bad_output"  # a pre-made output file that cannot be read
@@ -167,7 +170,8 @@ class BenchmarkRun:
             name = f"{self.benchmark.name}:{spec.name}:{fp}"
             settings = {**spec.settings(), "fingerprint": fp, "system": spec.name}
             seed = spec.seed if spec.kind != "folder" else 0
-            run_id = self.store.create_run(name, spec.path, settings=settings, seed=seed)
+            model = self._stored_location(name, spec) if spec.kind != "folder" else spec.path
+            run_id = self.store.create_run(name, model, settings=settings, seed=seed)
             state = SystemState(spec, run_id, name, fp)
             by_triplet = {o["item_id"]: o for o in self.store.outputs(run_id)}
             for item_id, tid in self.triplet_of.items():
@@ -175,6 +179,18 @@ class BenchmarkRun:
                     state.outputs[item_id] = by_triplet[tid]
             state.reused = len(state.outputs)
             self.states[spec.name] = state
+
+    def _stored_location(self, name: str, spec: SystemSpec) -> str:
+        """Where the store's run ``name`` says its pipeline was: ``spec.path``, unless the run
+        was made from the same files at another path (the name carries the fingerprint, a
+        digest of the files and settings), e.g. a model evaluated in its training folder and
+        then copied to where it ships. Its outputs are then reused, and the move is logged."""
+        stored = next((r for r in self.store.list_runs() if r["name"] == name), None)
+        if stored is None or stored["model"] == spec.path:
+            return spec.path
+        log.info("%s: the run %s was made from %s; %s holds the same files (fingerprint in the "
+                 "name), so its outputs are reused.", spec.name, name, stored["model"], spec.path)  # fmt: skip
+        return stored["model"]
 
     # -- 2. outputs -------------------------------------------------------------------------------
     def generate_all(self) -> None:
