@@ -307,7 +307,9 @@ def test_a_model_moved_to_another_folder_reuses_its_outputs(tmp_path, models, ca
     changed = tmp_path / "changed" / "mrc"
     shutil.copytree(models["mrc"], changed)
     (changed / "model_index.json").write_text(
-        (changed / "model_index.json").read_text().replace("}", ', "default_guidance_scale": 3.0}', 1)
+        (changed / "model_index.json")
+        .read_text()
+        .replace("}", ', "default_guidance_scale": 3.0}', 1)
     )
     info = run_evaluation(replace(cfg, systems=(f"mrc={changed}",)), judge=FakeJudge())
     assert [s["generated_now"] for s in info["systems"]] == [6]

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections import Counter
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
