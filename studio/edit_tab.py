@@ -11,6 +11,7 @@ import base64
 import binascii
 import random
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -223,9 +224,14 @@ def send_to_review(ctx: StudioContext, last: dict | None, request: gr.Request) -
 
 
 def model_note(ctx: StudioContext) -> str:
-    """The Edit tab's line about its model (filled on page load, for roles that may edit)."""
+    """The Edit tab's line about its model (filled on page load, for roles that may edit): a
+    folder under the working directory is named relative to it, not by the server's full path."""
+    name = ctx.model.name
+    folder = Path(name)
+    if folder.is_absolute() and folder.is_relative_to(Path.cwd()):
+        name = str(folder.relative_to(Path.cwd()))
     return (
-        f"Model: `{ctx.model.name}`. It works at **{ctx.model.resolution} px**: larger inputs "
+        f"Model: `{name}`. It works at **{ctx.model.resolution} px**: larger inputs "
         "are scaled down (long side) before editing."
     )
 

@@ -264,3 +264,19 @@ def _pixels(data: bytes):
     import numpy as np
 
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_the_edit_tabs_model_note_names_a_local_folder_relative_to_the_working_directory():
+    from types import SimpleNamespace
+
+    from studio.edit_tab import model_note
+
+    def note(name):
+        return model_note(SimpleNamespace(model=SimpleNamespace(name=name, resolution=32)))
+
+    inside = Path.cwd() / "docs" / "demo_models" / "shapes_mrc"
+    assert "Model: `docs/demo_models/shapes_mrc`" in note(str(inside))
+    assert str(Path.cwd()) not in note(str(inside))
+    assert "Model: `timbrooks/instruct-pix2pix`" in note("timbrooks/instruct-pix2pix")
+    assert "Model: `/elsewhere/model`" in note("/elsewhere/model")  # outside: shown as given
+    assert "32 px" in note("tiny")
