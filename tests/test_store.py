@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import sqlite3
 import threading
 
 import numpy as np
@@ -28,16 +27,23 @@ from tests._store_helpers import R, add, counts, img, labelled, png
 # -- connections, WAL, migrations -------------------------------------------------------------
 
 
-def test_wal_and_a_new_connection_per_call(store):
-    with store.db() as db:
-        assert db.journal_mode == "wal"
-        assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-        assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-        conn = db.conn
-    with pytest.raises(sqlite3.ProgrammingError):
-        conn.execute("SELECT 1")  # closed when the call ended
-    with store.db() as db:
-        assert db.conn is not conn
+def test_wal_and_the_pragmas_on_each_threads_connection(store):
+    def settings():
+        with store.db() as db:
+            return (
+                db.journal_mode,
+                db.execute("PRAGMA foreign_keys").fetchone()[0],
+                db.execute("PRAGMA synchronous").fetchone()[0],
+                db.execute("PRAGMA busy_timeout").fetchone()[0],
+            )
+
+    expected = ("wal", 1, 1, 30_000)  # synchronous 1 = NORMAL
+    assert settings() == expected
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(settings()))
+    thread.start()
+    thread.join()
+    assert seen == [expected]  # a thread's own connection is set up the same way
 
 
 def test_migrations_upgrade_an_older_database_and_reopening_is_fine(tmp_path):

@@ -12,9 +12,11 @@ Layout on disk::
     studio_images/ab/abcdef....png    images, named by core.images.image_hash (pixels)
 
 Guarantees
-    * WAL mode, ``synchronous=NORMAL``, a busy timeout, and a new connection per call (safe
-      from Gradio's worker threads and from several processes), plus one idle keep-alive
-      connection held until ``close()`` so the WAL is not deleted and recreated on every call.
+    * WAL mode, ``synchronous=NORMAL``, a busy timeout, and one connection per thread, reused
+      by every call on it and never shared (safe from Gradio's worker threads and from several
+      processes; nested ``db()``/``transaction()`` blocks share it, a nested transaction is a
+      savepoint), plus one idle keep-alive connection held until ``close()`` so the WAL is not
+      deleted and recreated when thread connections come and go.
     * Writes are transactions (``BEGIN IMMEDIATE``): all or nothing. Bad input -- a corrupt
       image, a score outside [0, 5], an unknown perspective -- raises before anything is
       written, so the store is left exactly as it was (at most an unreferenced image file).

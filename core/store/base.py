@@ -1,20 +1,43 @@
 """Connections, transactions, migrations and the content-addressed image files.
 
-Connection policy: every public call opens a *new* ``sqlite3`` connection and closes it
-before returning (Gradio runs handlers in worker threads; a shared connection would need a
-lock and would serialise readers). Each connection sets ``busy_timeout`` (wait for a lock
-instead of failing at once), ``synchronous=NORMAL`` (safe with WAL: a crash can lose the
-last transactions but never corrupts the database) and ``foreign_keys=ON``. WAL mode is a
-property of the database file and is switched on once, when the store is opened.
+Connection policy: each *thread* gets one ``sqlite3`` connection per store, opened on its
+first call and reused by every later call on that thread (Gradio runs handlers in a pool of
+worker threads; a connection shared between threads would need a lock and would serialise
+readers). Opening one is not free -- the file is opened, SQLite parses the schema again for
+the connection's first statement, four ``PRAGMA`` s run -- and a Review step makes eight store
+calls. Each connection sets ``busy_timeout`` (wait for a lock instead of failing at once),
+``synchronous=NORMAL`` (safe with WAL: a crash can lose the last transactions but never
+corrupts the database) and ``foreign_keys=ON``. WAL mode is a property of the database file
+and is switched on once, when the store is opened.
 
-The one exception is a *keep-alive* connection the store opens when it is created and holds,
-idle, until :meth:`StoreBase.close` (or the ``with`` block, or garbage collection). It does no
-work: it only keeps the database open, because when the *last* connection to a WAL database
-closes, SQLite checkpoints the WAL and deletes it (and the ``-shm`` index), and the next writer
-has to recreate and sync both -- about 10 ms per write with per-call connections. It never
-starts a transaction, so it never holds back a checkpoint or blocks a writer. A store that was
-inherited through ``fork()`` leaves its keep-alive alone in the child (SQLite connections must
-not be closed or used across a fork); open a new store there.
+* **Between calls a connection holds nothing**: it is in autocommit mode with no transaction
+  and no statement running (the outermost :meth:`StoreBase.db` rolls back what a block left
+  open), so the next call reads the newest committed data. A cursor must not outlive the
+  block that made it.
+* **Nesting.** :meth:`StoreBase.db` and :meth:`StoreBase.transaction` called inside another
+  ``db()`` or ``transaction()`` on the same thread use the same connection: a nested ``db()``
+  sees the outer transaction's uncommitted writes and neither commits, rolls back nor closes
+  anything; a nested ``transaction()`` is a ``SAVEPOINT`` inside the outer transaction (all or
+  nothing for its block, rolled back to on error; committed only with the outer one).
+* **Errors.** A block that ends with one of the store's own errors (not found, conflict,
+  locked, bad input) keeps its connection. Any other exception (an SQLite error, a bug, an
+  interrupt) closes the thread's connection after rolling back, so the next call starts
+  clean. SQLite's "database is locked" after the busy timeout becomes :class:`StoreBusyError`.
+* **Closing.** :meth:`StoreBase.close` closes every thread's connection (idle ones at once, one
+  in use when its outermost block ends) and the store refuses calls afterwards with a
+  :class:`StoreError`. Connections of threads that have ended are closed when a new thread
+  opens one.
+* **fork().** SQLite connections must not be used or closed across ``fork()`` (the child shares
+  the parent's descriptors and lock bookkeeping). In a child process a store forgets the
+  parent's connections -- keeps them referenced, never touching them -- and opens its own.
+
+The store also opens a *keep-alive* connection when it is created and holds it, idle, until
+:meth:`StoreBase.close` (or the ``with`` block, or garbage collection). It does no work: it
+only keeps the database open, because when the *last* connection to a WAL database closes,
+SQLite checkpoints the WAL and deletes it (and the ``-shm`` index), and the next writer has to
+recreate and sync both (about 10 ms per write). Thread connections come and go (a thread ends,
+an error closes one), the keep-alive stays. It never starts a transaction, so it never holds
+back a checkpoint or blocks a writer. A child process has none of its own.
 
 Writes run in :meth:`StoreBase.transaction`, which starts with ``BEGIN IMMEDIATE``: the write
 lock is taken up front, so reads made inside the transaction cannot go stale before the
@@ -152,25 +175,31 @@ class StoreBase:
         self.images_dir = self.path.parent / f"{self.path.stem}_images"
         self.busy_timeout = float(busy_timeout)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._closed = False
-        self._migrate()
-        self._keepalive = _open_keepalive(self.path)
-        self._finalizer = weakref.finalize(self, _close_keepalive, self._keepalive, os.getpid())
+        self._connections = _Connections(self.path, self.busy_timeout)
+        self._finalizer = weakref.finalize(self, self._connections.close)
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+        self._connections.open_keepalive()
 
     # -- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:
-        """Close the keep-alive connection; the store cannot be used afterwards.
+        """Close every thread's connection and the keep-alive; the store cannot be used
+        afterwards (calls raise :class:`StoreError`).
 
-        Idempotent. Closing the last connection lets SQLite checkpoint the WAL into the
-        database file and delete it. Stores are also context managers (``with Store(p) as
-        s:``), and an unreferenced store closes itself when it is garbage collected.
+        Idempotent, and safe from any thread: a connection that another thread is using is
+        closed when its block ends. Closing the last connection lets SQLite checkpoint the
+        WAL into the database file and delete it. Stores are also context managers (``with
+        Store(p) as s:``), and an unreferenced store closes itself when it is garbage
+        collected.
         """
-        self._closed = True
         self._finalizer()
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._connections.closed
 
     def __enter__(self):
         return self
@@ -179,33 +208,28 @@ class StoreBase:
         self.close()
 
     # -- connections -------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        if self._closed:
-            raise StoreError(f"the store {self.path} was closed; open a new Store to use it.")
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout)
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        return conn
-
     @contextlib.contextmanager
     def db(self) -> Iterator[Database]:
-        """A ``sqlite_utils.Database`` on a fresh connection, closed on exit (for reads).
-        SQLite's "database is locked" after the busy timeout becomes :class:`StoreBusyError`."""
+        """A ``sqlite_utils.Database`` on this thread's connection (module docstring: reused,
+        nestable). SQLite's "database is locked" after the busy timeout becomes
+        :class:`StoreBusyError`."""
         try:
-            conn = self._connect()
+            conn = self._connections.enter()
         except sqlite3.OperationalError as e:
             self._raise_if_busy(e)
             raise
+        keep = False
         try:
-            yield Database(conn, execute_plugins=False)
+            yield conn.db
+            keep = True
+        except StoreError:
+            keep = True  # the store's own refusals leave the connection clean
+            raise
         except sqlite3.OperationalError as e:
             self._raise_if_busy(e)
             raise
         finally:
-            if conn.in_transaction:
-                conn.rollback()
-            conn.close()
+            self._connections.exit(conn, keep)
 
     def _raise_if_busy(self, e: sqlite3.OperationalError) -> None:
         """Raise a StoreBusyError with advice when ``e`` is SQLite's lock timeout."""
@@ -219,15 +243,31 @@ class StoreBase:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Database]:
-        """A write transaction (``BEGIN IMMEDIATE``): commit on success, roll back on error."""
+        """A write transaction (``BEGIN IMMEDIATE``): commit on success, roll back on error.
+
+        Inside another transaction on the same thread it is a savepoint instead: its block is
+        undone on error, and what it wrote is committed (or not) with the outer transaction.
+        """
         with self.db() as db:
-            db.conn.execute("BEGIN IMMEDIATE")
+            conn = db.conn
+            if conn.in_transaction:
+                conn.execute("SAVEPOINT store_nested")
+                try:
+                    yield db
+                except BaseException:
+                    if conn.in_transaction:  # SQLite may already have rolled everything back
+                        conn.execute("ROLLBACK TO store_nested")
+                        conn.execute("RELEASE store_nested")
+                    raise
+                conn.execute("RELEASE store_nested")
+                return
+            conn.execute("BEGIN IMMEDIATE")
             try:
                 yield db
             except BaseException:
-                db.conn.rollback()
+                conn.rollback()
                 raise
-            db.conn.commit()
+            conn.commit()
 
     def _migrate(self) -> None:
         with self.db() as db:
@@ -290,26 +330,148 @@ class StoreBase:
         return blob.row(len(data), created_at)
 
 
-_INHERITED: list[sqlite3.Connection] = []  # keep-alives a forked child must not close
-_INHERITED_LOCK = threading.Lock()
+# -- per-thread connections ------------------------------------------------------------------
+_INHERITED: list[sqlite3.Connection] = []  # a forked child's copies: never used, never closed
+_ALL_CONNECTIONS: weakref.WeakSet[_Connections] = weakref.WeakSet()
 
 
-def _open_keepalive(path: Path) -> sqlite3.Connection:
-    """An idle connection that keeps the WAL and its index alive (module docstring)."""
-    conn = sqlite3.connect(path, check_same_thread=False)  # closed from any thread
-    conn.execute("PRAGMA journal_mode").fetchall()  # opens the file and maps the WAL index
-    return conn
+class _ThreadConnection:
+    """One thread's connection to a store, the ``Database`` around it and how deeply the
+    thread's ``db()`` blocks are nested on it."""
+
+    __slots__ = ("conn", "db", "depth", "thread")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.db = Database(conn, execute_plugins=False)  # sets recursive_triggers once
+        self.depth = 0
+        self.thread = threading.current_thread()
 
 
-def _close_keepalive(conn: sqlite3.Connection, owner_pid: int) -> None:
-    """Close a keep-alive in the process that opened it. A forked child keeps its inherited
-    copy open and referenced instead: SQLite forbids using or closing a connection across
-    ``fork()`` (the child shares the parent's descriptors and lock bookkeeping)."""
-    if os.getpid() == owner_pid:
-        conn.close()
-    else:
-        with _INHERITED_LOCK:
-            _INHERITED.append(conn)
+class _Connections:
+    """The connections of one store: one per thread, plus the keep-alive (module docstring).
+
+    Holds no reference to the store, so the store's finalizer can close it.
+    """
+
+    def __init__(self, path: Path, busy_timeout: float) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self.closed = False
+        self._pid = os.getpid()
+        self._lock = threading.Lock()  # guards closed, _open and every depth
+        self._local = threading.local()  # .c: this thread's _ThreadConnection
+        self._open: list[_ThreadConnection] = []
+        self._keepalive: sqlite3.Connection | None = None
+        _ALL_CONNECTIONS.add(self)
+
+    def _refuse(self) -> StoreError:
+        return StoreError(f"the store {self.path} was closed; open a new Store to use it.")
+
+    def _connect(self) -> sqlite3.Connection:
+        # check_same_thread=False: close() may run on another thread; otherwise a connection
+        # is only ever used by the thread that opened it.
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            return conn
+        except BaseException:
+            conn.close()
+            raise
+
+    def enter(self) -> _ThreadConnection:
+        """This thread's connection, opened if it has none, one level deeper in use."""
+        if self._pid != os.getpid():
+            self.forget_parent()  # forked without the at-fork hook having run
+        c = getattr(self._local, "c", None) or self._open_for_thread()
+        with self._lock:
+            if self.closed:
+                raise self._refuse()
+            c.depth += 1
+        return c
+
+    def _open_for_thread(self) -> _ThreadConnection:
+        if self.closed:
+            raise self._refuse()
+        conn = self._connect()
+        try:
+            c = _ThreadConnection(conn)
+        except BaseException:
+            conn.close()
+            raise
+        with self._lock:
+            closed = self.closed
+            if not closed:
+                ended = [o for o in self._open if not o.thread.is_alive()]
+                self._open = [o for o in self._open if o not in ended] + [c]
+                self._local.c = c
+        for o in [c] if closed else ended:
+            o.conn.close()  # the connections of threads that have ended (or c, if closed meanwhile)
+        if closed:
+            raise self._refuse()
+        return c
+
+    def exit(self, c: _ThreadConnection, keep: bool) -> None:
+        """One level out; the outermost leaves no transaction open, and closes the connection
+        after an error that is not the store's own (``keep`` False) or once the store is
+        closed."""
+        try:
+            if c.depth == 1 and c.conn.in_transaction:
+                c.conn.rollback()  # a block that wrote without committing
+        except sqlite3.Error:
+            keep = False
+            raise
+        finally:
+            with self._lock:
+                c.depth -= 1
+                drop = c.depth == 0 and (not keep or self.closed)
+                if drop:
+                    if c in self._open:
+                        self._open.remove(c)
+                    self._local.c = None
+            if drop:
+                c.conn.close()
+
+    def open_keepalive(self) -> None:
+        """Open the idle keep-alive (module docstring); after the migrations, so a failed open
+        leaves nothing behind."""
+        conn = sqlite3.connect(self.path, check_same_thread=False)  # closed from any thread
+        conn.execute("PRAGMA journal_mode").fetchall()  # opens the file and maps the WAL index
+        self._keepalive = conn
+
+    def close(self) -> None:
+        """Close the idle connections and the keep-alive now, the busy ones when their blocks
+        end (:meth:`exit`); idempotent."""
+        with self._lock:
+            self.closed = True
+            idle = [c for c in self._open if c.depth == 0]
+            self._open = [c for c in self._open if c.depth > 0]
+            keepalive, self._keepalive = self._keepalive, None
+        for c in idle:
+            c.conn.close()
+        if keepalive is not None and self._pid == os.getpid():
+            keepalive.close()
+
+    def forget_parent(self) -> None:
+        """In a forked child: keep the parent's connections referenced, unused and unclosed
+        (closing them would release the parent's locks), and start afresh."""
+        _INHERITED.extend(c.conn for c in self._open)
+        if self._keepalive is not None:
+            _INHERITED.append(self._keepalive)
+        self._open, self._keepalive = [], None
+        self._lock = threading.Lock()  # the parent's may have been held by another thread
+        self._local = threading.local()
+        self._pid = os.getpid()
+
+
+def _forget_parent_connections() -> None:
+    for connections in list(_ALL_CONNECTIONS):
+        connections.forget_parent()
+
+
+os.register_at_fork(after_in_child=_forget_parent_connections)
 
 
 def prepare_blob(src: Any, *, mask: bool, name: str) -> Blob:
