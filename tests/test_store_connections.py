@@ -175,6 +175,7 @@ def test_close_from_another_thread_closes_every_threads_connection(tmp_path):
 
 
 def test_connections_of_ended_threads_are_closed_when_a_new_one_opens(store):
+    _conn(store)  # this thread's
     ended = [_in_thread(lambda: _conn(store)) for _ in range(3)]
     assert len(store._connections._open) == 1 + 1  # this thread's and the last ended one's
     for conn in ended[:2]:

@@ -270,11 +270,30 @@ class StoreBase:
             conn.commit()
 
     def _migrate(self) -> None:
-        with self.db() as db:
+        """WAL mode and the migrations, on a connection of their own that is closed after, so
+        that nothing of a concurrent opening (the rollback-journal file before WAL is on)
+        lingers in the thread's reused connection."""
+        try:
+            conn = self._connections.connect()
+        except sqlite3.OperationalError as e:
+            self._raise_if_busy(e)
+            raise
+        try:
+            db = Database(conn, execute_plugins=False)
             if db.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
                 raise OSError(f"cannot switch {self.path} to WAL mode (is it on a network drive?)")
-        with self.transaction() as db:
-            MIGRATIONS.apply(db)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                MIGRATIONS.apply(db)
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+        except sqlite3.OperationalError as e:
+            self._raise_if_busy(e)
+            raise
+        finally:
+            conn.close()
 
     @property
     def migrations(self) -> list[str]:
@@ -368,7 +387,7 @@ class _Connections:
     def _refuse(self) -> StoreError:
         return StoreError(f"the store {self.path} was closed; open a new Store to use it.")
 
-    def _connect(self) -> sqlite3.Connection:
+    def connect(self) -> sqlite3.Connection:
         # check_same_thread=False: close() may run on another thread; otherwise a connection
         # is only ever used by the thread that opened it.
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, check_same_thread=False)
@@ -395,7 +414,7 @@ class _Connections:
     def _open_for_thread(self) -> _ThreadConnection:
         if self.closed:
             raise self._refuse()
-        conn = self._connect()
+        conn = self.connect()
         try:
             c = _ThreadConnection(conn)
         except BaseException:
