@@ -127,7 +127,8 @@ class Blob:
 
 
 class StoreBase:
-    """Opening, migrating, connecting, transactions and image files (see module docstring; connections in core.store.connections)."""
+    """Opening, migrating, transactions and image files (module docstring); the connections
+    are :class:`core.store.connections.Connections`."""
 
     def __init__(self, path: str | os.PathLike, *, busy_timeout: float = 30.0) -> None:
         if str(path) == ":memory:":
