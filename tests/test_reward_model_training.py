@@ -230,7 +230,7 @@ def test_outputs_source_labels_model_outputs_and_pairs_them_by_item(tmp_path):
     db = _outputs_store(tmp_path / "eval.db")
     cfg = RewardTrainConfig(outputs=str(db), output_dir=str(tmp_path / "rm"))
     data = build_data(cfg, BadDataLog("stop"), progress=False)
-    assert len(data) == 6 and data.info["outputs"]["by_system"] == {"good": 3, "bad": 3}
+    assert len(data) == 6 and data.info["outputs"][0]["by_system"] == {"good": 3, "bad": 3}
     assert sorted(data.scores[:, 0].tolist()) == [1.0] * 3 + [5.0] * 3
     assert len(data.pairs) == 3  # one pair per item: good vs bad
     a, b = data.pairs[0].tolist()
@@ -240,6 +240,30 @@ def test_outputs_source_labels_model_outputs_and_pairs_them_by_item(tmp_path):
                    BadDataLog("stop"), progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="--outputs DB"):
         RewardTrainConfig()
+
+
+def test_outputs_from_several_stores_pair_across_stores(tmp_path):
+    """Two stores holding outputs for the same inputs (e.g. two model generations judged on the
+    same training scenes): every output is kept under a unique id and the outputs of one input
+    pair up across the stores."""
+    import shutil
+
+    from train.datasets import BadDataLog
+    from train.reward_data import build_data
+    from train.reward_model import RewardTrainConfig
+
+    a = _outputs_store(tmp_path / "a" / "eval.db")
+    (tmp_path / "b").mkdir()
+    for f in (tmp_path / "a").iterdir():  # the same items and systems, a second store
+        (shutil.copytree if f.is_dir() else shutil.copy)(f, tmp_path / "b" / f.name)
+    b = tmp_path / "b" / "eval.db"
+    cfg = RewardTrainConfig(outputs=f"{a}, {b}", output_dir=str(tmp_path / "rm"))
+    data = build_data(cfg, BadDataLog("stop"), progress=False)
+    assert [o["outputs"] for o in data.info["outputs"]] == [6, 6]
+    assert len(data) == 12 and len(set(data.ids)) == 12
+    assert {i.split(":")[0] for i in data.ids} == {"0", "1"}
+    # identical images count once within an input's group: the copy adds no new pair
+    assert len(data.pairs) == 3
 
 
 def test_agreement_with_raters_scores_and_choices(tmp_path):

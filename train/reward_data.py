@@ -290,14 +290,18 @@ def add_ratings(b: DataBuilder, store: Any) -> dict[str, int]:
 
 
 def add_outputs(
-    b: DataBuilder, db: str, truth_judge: str, systems: list[str] | None = None
+    b: DataBuilder,
+    db: str,
+    truth_judge: str,
+    systems: list[str] | None = None,
+    id_prefix: str = "",
 ) -> dict[str, Any]:
     """Every output of a ``python -m train.evaluate`` store (optionally only ``systems``) as a
     triplet scored by ``truth_judge``'s verdicts (e.g. the Shapes oracle's model name). Outputs
     of different systems for one item are edits of one input, so they pair up. This is how a
     reward model learns the defects of the editing models it will judge (EditReward's lesson):
     evaluate the models on *training* inputs, never on the benchmark the reward model is
-    measured on."""
+    measured on. ``id_prefix`` keeps ids unique when several stores share system names."""
     from core.store import Store
 
     store = Store(db)
@@ -315,8 +319,9 @@ def add_outputs(
             if v is None:
                 continue
             t = store.get_triplet(o["item_id"])
+            item = t["external_id"] or o["item_id"]  # external ids are optional in a store
             scores = [v["verdict"][p]["score"] for p in PERSPECTIVES]
-            b.triplet(f"{system}/{t['external_id']}", store.image(t["original"]),
+            b.triplet(f"{id_prefix}{system}/{item}", store.image(t["original"]),
                       store.image(o["image"]), t["instruction"], scores)  # fmt: skip
             by_system[system] = by_system.get(system, 0) + 1
             n += 1
@@ -329,6 +334,12 @@ def add_outputs(
     return {"store": db, "judge": truth_judge, "outputs": n, "by_system": by_system}
 
 
+def output_stores(outputs: str) -> list[str]:
+    """``--outputs``: one evaluation store or several, comma-separated (outputs of one input in
+    different stores pair up too)."""
+    return [db.strip() for db in outputs.split(",") if db.strip()]
+
+
 def build_data(cfg: Any, log: BadDataLog, progress: bool = True) -> RewardData:
     """All sources of a :class:`train.reward_model.RewardTrainConfig`."""
     b = DataBuilder(cfg.image_size, cfg.tie_threshold)
@@ -337,8 +348,12 @@ def build_data(cfg: Any, log: BadDataLog, progress: bool = True) -> RewardData:
         info["shapes"] = add_shapes(b, cfg.shapes, cfg, log, progress)
     if cfg.store:
         info["store"] = add_store(b, cfg.store, cfg, log, progress)
-    if cfg.outputs:
-        info["outputs"] = add_outputs(b, cfg.outputs, cfg.outputs_judge)
+    stores = output_stores(cfg.outputs)
+    if stores:
+        info["outputs"] = [
+            add_outputs(b, db, cfg.outputs_judge, id_prefix=f"{i}:" if len(stores) > 1 else "")
+            for i, db in enumerate(stores)
+        ]
     n_rated = len(b.pairs)
     info["pairs"] = {"from_ratings": n_rated, "from_scores": b.pairs_from_scores()}
     data = b.build(info)

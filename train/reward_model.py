@@ -59,7 +59,7 @@ class RewardTrainConfig:
     shapes: str = ""  # Shapes folder (python -m data synth): oracle labels + re-rendered variants
     store: str = ""  # studio database: reviewed labels and side-by-side ratings
     store_split: str = ""  # only store triplets of this split ("" = all)
-    outputs: str = ""  # evaluation store: model outputs labelled by outputs_judge, paired by item
+    outputs: str = ""  # evaluation store(s), comma-separated: outputs labelled by outputs_judge
     outputs_judge: str = "shapes-oracle-v1"  # judge model whose verdicts label those outputs
     max_train_samples: int = 10_000  # Shapes training triplets used (first N; 0 = all)
     variants: int = 2  # extra edits per Shapes input: the target, then noisy ones (0 = no pairs)
@@ -301,8 +301,9 @@ HELP = {
     "shapes": "Shapes folder (python -m data synth): oracle-labelled triplets and variants.",
     "store": "Studio database: reviewed labels (a correction wins) and side-by-side ratings.",
     "store_split": "Only store triplets of this split ('' = all).",
-    "outputs": "Evaluation store (python -m train.evaluate) of model outputs on TRAINING inputs: "
-    "each output is a triplet labelled by --outputs_judge's verdicts; outputs of one item pair up.",
+    "outputs": "Evaluation store (python -m train.evaluate) of model outputs on TRAINING inputs, or "
+    "several, comma-separated: each output is a triplet labelled by --outputs_judge's verdicts; "
+    "outputs of one input pair up, across stores too.",
     "outputs_judge": "The judge model whose stored verdicts label --outputs.",
     "max_train_samples": "Shapes training triplets used: the first N (0 = all).",
     "variants": "Extra edits per Shapes input for pairs: the target, then noisy ones (0 = none).",
