@@ -28,6 +28,7 @@ from studio.context import StudioContext, bind, username
 from studio.edit_tab import build_edit_tab, model_note
 from studio.media import DifferenceImages, NeutralImages, serve_statically
 from studio.model import EditModel
+from studio.notice import NOTICE_CSS
 from studio.rate_tab import admin_setup, build_rate_tab
 from studio.rating import BlindRating, Evaluation
 from studio.review_handlers import ANY, filter_choices
@@ -150,7 +151,7 @@ def launch_kwargs(ctx: StudioContext, host: str, port: int | None) -> dict[str, 
     kwargs: dict[str, Any] = dict(
         server_name=host,
         server_port=port,
-        css=CSS,
+        css=CSS + NOTICE_CSS,
         head=f"<script>{HOTKEYS.read_text(encoding='utf-8')}</script>",
         theme=gr.themes.Soft(),
         allowed_paths=[str(ctx.store.images_dir), str(ctx.media.root)],

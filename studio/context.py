@@ -30,6 +30,8 @@ from studio.model import EditModel
 from studio.rating import BlindRating
 
 F = TypeVar("F", bound=Callable[..., Any])
+# Errors whose message is meant for people (access, conflicts, bad input), not bugs.
+USER_ERRORS = (AccessDenied, StoreError, ImageError, RewardValidationError)
 
 
 @dataclass
@@ -62,7 +64,7 @@ def user_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (AccessDenied, StoreError, ImageError, RewardValidationError) as e:
+        except USER_ERRORS as e:
             raise gr.Error(str(e), print_exception=False) from e
 
     return wrapper  # type: ignore[return-value]

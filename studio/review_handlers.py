@@ -4,6 +4,12 @@ Each handler takes the :class:`~studio.context.StudioContext` first and is bound
 :func:`studio.review_tab.build_review_tab`, which only lays the tab out and wires these. The
 item on screen lives in a server-side ``gr.State`` (its id and the label version it was loaded
 at); the browser never sends a version or a user name.
+
+The handlers that show an item do not raise for a refusal (no access, a locked item, no item
+open, a bad filter): :func:`studio.notice.with_notice` answers with every output untouched and
+the message in one more output, shown in the page as a toast (those events run with
+``queue=False``, where Gradio's page cannot show a raised ``gr.Error`` as one). The others
+(tables, progress, export) stay queued and raise ``gr.Error`` through ``user_errors``.
 """
 
 from __future__ import annotations
@@ -19,11 +25,16 @@ from core.rewards import PERSPECTIVES, TITLES, Rewards
 from core.store import ConflictError, LabelRecord, LockedError
 from studio.auth import CAN_REVIEW
 from studio.context import StudioContext, user_errors, username
+from studio.notice import with_notice
 
 ANY = "(any)"
 ANNOTATION_COLUMNS = ["source", "prompt", *PERSPECTIVES, "failure points"]
 HISTORY_COLUMNS = ["version", "who", "when", "action", "before", "after", "note"]
 NO_CONFLICT = (gr.update(visible=False), "")  # the conflict panel's outputs when there is none
+# An item's outputs: state, header, three images, annotations, scores, failure points, note,
+# history and the conflict panel (box, table). The events that show an item run with
+# queue=False and have one more output, studio.notice.notice_box, for a refusal.
+ITEM_OUTPUTS = 6 + 2 * len(PERSPECTIVES) + 4
 PROGRESS_COLUMNS = ["annotator", "saved", "accepted", "fixed", "rejected", "skipped",
                     "median_seconds_per_item", "last_active"]  # fmt: skip
 
@@ -104,7 +115,7 @@ def _header(triplet: dict[str, Any], label: LabelRecord | None, doubt: float) ->
 
 
 def _show(ctx: StudioContext, item: ReviewItem | None, message: str = "") -> tuple:
-    """Outputs for one item, in the order of ``ITEM_OUTPUTS`` (state first)."""
+    """The ``ITEM_OUTPUTS`` outputs for one item, in the Review tab's order (state first)."""
     if item is None:
         return _empty(message or "Nothing left to review with these filters.")
     t = item.triplet
@@ -142,7 +153,7 @@ def _user(ctx: StudioContext, request: gr.Request) -> str:
     return ctx.access.user(username(request), CAN_REVIEW, "review labels").name
 
 
-@user_errors
+@with_notice(ITEM_OUTPUTS)
 def review_next(ctx: StudioContext, state, status, category, judge, perspective, lo, hi,
                 request: gr.Request):  # fmt: skip
     """Apply the filters and take the most doubtful free item."""
@@ -153,7 +164,7 @@ def review_next(ctx: StudioContext, state, status, category, judge, perspective,
     return _show(ctx, item)
 
 
-@user_errors
+@with_notice(ITEM_OUTPUTS)
 def review_forward(ctx: StudioContext, state, status, category, judge, perspective, lo, hi,
                    request: gr.Request):  # fmt: skip
     """Leave the current item undecided and move to the next one in the queue order."""
@@ -165,7 +176,7 @@ def review_forward(ctx: StudioContext, state, status, category, judge, perspecti
     return _show(ctx, item)
 
 
-@user_errors
+@with_notice(ITEM_OUTPUTS)
 def review_back(ctx: StudioContext, state, status, category, judge, perspective, lo, hi,
                 request: gr.Request):  # fmt: skip
     """Move to the previous item in the queue order (the current one stays undecided)."""
@@ -182,7 +193,7 @@ def review_back(ctx: StudioContext, state, status, category, judge, perspective,
     return _show(ctx, item)
 
 
-@user_errors
+@with_notice(ITEM_OUTPUTS)
 def review_open(ctx: StudioContext, state, triplet_id: str, request: gr.Request):
     """Open one triplet by id (e.g. to look at its history), if nobody else holds it."""
     user = _user(ctx, request)
@@ -256,7 +267,7 @@ def _decide(ctx: StudioContext, decision: str, state, s_f, s_p, s_q, t_f, t_p, t
                  [t_f, t_p, t_q], note, flt)  # fmt: skip
 
 
-@user_errors
+@with_notice(ITEM_OUTPUTS)
 def review_apply_mine(ctx: StudioContext, state, s_f, s_p, s_q, t_f, t_p, t_q, note,
                       status, category, judge, perspective, lo, hi, request: gr.Request):  # fmt: skip
     """After a conflict: save the form's values (and decision) on top of the current version."""
@@ -269,7 +280,7 @@ def review_apply_mine(ctx: StudioContext, state, s_f, s_p, s_q, t_f, t_p, t_q, n
                  [t_f, t_p, t_q], note, flt, saved="Saved your values over theirs:")  # fmt: skip
 
 
-@user_errors
+@with_notice(ITEM_OUTPUTS)
 def review_take_theirs(ctx: StudioContext, state, request: gr.Request):
     """After a conflict: load the current label (theirs) into the form, dropping mine."""
     user = _user(ctx, request)
@@ -280,7 +291,7 @@ def review_take_theirs(ctx: StudioContext, state, request: gr.Request):
 
 
 def decision_handler(decision: str):
-    @user_errors
+    @with_notice(ITEM_OUTPUTS)
     def handler(ctx: StudioContext, state, s_f, s_p, s_q, t_f, t_p, t_q, note,
                 status, category, judge, perspective, lo, hi, request: gr.Request):  # fmt: skip
         return _decide(ctx, decision, state, s_f, s_p, s_q, t_f, t_p, t_q, note,
@@ -306,7 +317,7 @@ def _recent_table(ctx: StudioContext, user: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RECENT_COLUMNS)
 
 
-@user_errors
+@with_notice(ITEM_OUTPUTS + 1)  # and the recent decisions
 def review_undo(ctx: StudioContext, state, request: gr.Request):
     """Undo your last decision: the label goes back to what it was, and the item is open
     again for you (the item on screen is given back)."""
@@ -335,7 +346,7 @@ def review_table(ctx: StudioContext, status, category, judge, perspective, lo, h
     return pd.DataFrame(ctx.queue.overview(flt), columns=OVERVIEW_COLUMNS)
 
 
-@user_errors
+@with_notice(ITEM_OUTPUTS)
 def review_pick(ctx: StudioContext, state, evt: gr.SelectData, request: gr.Request):
     """Open the item of the selected table row (its first cell is the triplet id)."""
     row = evt.row_value or []

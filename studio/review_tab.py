@@ -8,6 +8,10 @@ The item on screen lives in a server-side ``gr.State`` (its id and the label ver
 loaded at); the browser never sends a version or a user name. A save based on a stale
 version is refused by the store and reported in the status line; the form keeps the
 annotator's values so nothing typed is lost, and the history shows who changed what.
+
+The events that show an item (``review_next`` … ``review_undo``, and selecting a table row)
+run with ``queue=False``; their last output is ``studio.notice.notice_box``: ``None``, or a
+refusal's ``{"message", "key"}`` with every other output left as it was (a toast in the page).
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import gradio as gr
 from core.review_doubt import STATUS_FILTERS
 from core.rewards import PERSPECTIVES, TITLES
 from studio.context import StudioContext, bind
+from studio.notice import notice_box
 from studio.review_handlers import (
     ANNOTATION_COLUMNS,
     ANY,
     HISTORY_COLUMNS,
+    ITEM_OUTPUTS,
     OVERVIEW_COLUMNS,
     PROGRESS_COLUMNS,
     RECENT_COLUMNS,
@@ -125,6 +131,7 @@ def build_review_tab(ctx: StudioContext) -> dict[str, Any]:
         files = gr.File(label="Exported labels", file_count="multiple", interactive=False)
 
     state = gr.State(None)
+    notice = notice_box("review-notice")  # a refusal, shown as a toast
     filters = [status, category, judge, perspective, lo, hi]
     item_outputs = [
         state,
@@ -140,42 +147,47 @@ def build_review_tab(ctx: StudioContext) -> dict[str, Any]:
         conflict_box,
         conflict_md,
     ]
-    # show_progress="hidden": a refusal is a toast (gr.Error) and leaves every output as it
-    # was, instead of an "Error" badge over each of them; these events take milliseconds.
-    # Not queue=False, though it saves the page the queue's round trips (a third of a step's
-    # time in docs/studio.md's browser benchmark): Gradio 6's page then shows a gr.Error as an
-    # "Error" badge over every output, not a toast (tests/test_studio_browser.py checks it).
-    quiet = dict(show_progress="hidden")
-    load.click(bind(review_next, ctx), [state, *filters], item_outputs, api_name="review_next",
-               **quiet)  # fmt: skip
-    forward.click(bind(review_forward, ctx), [state, *filters], item_outputs,
-                  api_name="review_forward", **quiet)  # fmt: skip
-    back.click(bind(review_back, ctx), [state, *filters], item_outputs, api_name="review_back",
-               **quiet)  # fmt: skip
-    open_btn.click(bind(review_open, ctx), [state, open_id], item_outputs,
-                   api_name="review_open", **quiet)  # fmt: skip
+    assert len(item_outputs) == ITEM_OUTPUTS
+    # The steps that show an item run with queue=False: the page sends one POST to
+    # /gradio_api/run/<api> instead of joining the queue and waiting on the session's event
+    # stream (a third of a step's time in docs/studio.md's browser benchmark). On that path
+    # Gradio 6's page would show a raised gr.Error as an "Error" badge over every output and
+    # no toast, so these handlers answer a refusal with every output untouched and the
+    # message in `notice`, a toast (studio/notice.py; tests/test_studio_browser.py checks it).
+    # show_progress="hidden": no progress animation over the item for a step of milliseconds.
+    step = dict(show_progress="hidden", queue=False)
+    shows_item = [*item_outputs, notice]
+    load.click(bind(review_next, ctx), [state, *filters], shows_item, api_name="review_next",
+               **step)  # fmt: skip
+    forward.click(bind(review_forward, ctx), [state, *filters], shows_item,
+                  api_name="review_forward", **step)  # fmt: skip
+    back.click(bind(review_back, ctx), [state, *filters], shows_item, api_name="review_back",
+               **step)  # fmt: skip
+    open_btn.click(bind(review_open, ctx), [state, open_id], shows_item,
+                   api_name="review_open", **step)  # fmt: skip
     form = [state, *scores, *texts, note, *filters]
     for button, decision in ((accept, "accept"), (fix, "fix"), (reject, "reject"), (skip, "skip")):
         button.click(
             bind(decision_handler(decision), ctx),
             form,
-            item_outputs,
+            shows_item,
             api_name=f"review_{decision}",
-            **quiet,
+            **step,
         )
-    apply_mine.click(bind(review_apply_mine, ctx), form, item_outputs,
-                     api_name="review_apply_mine", **quiet)  # fmt: skip
-    take_theirs.click(bind(review_take_theirs, ctx), [state], item_outputs,
-                      api_name="review_take_theirs", **quiet)  # fmt: skip
-    undo.click(bind(review_undo, ctx), [state], [*item_outputs, recent], api_name="review_undo",
-               **quiet)  # fmt: skip
+    apply_mine.click(bind(review_apply_mine, ctx), form, shows_item,
+                     api_name="review_apply_mine", **step)  # fmt: skip
+    take_theirs.click(bind(review_take_theirs, ctx), [state], shows_item,
+                      api_name="review_take_theirs", **step)  # fmt: skip
+    undo.click(bind(review_undo, ctx), [state], [*item_outputs, recent, notice],
+               api_name="review_undo", **step)  # fmt: skip
+    quiet = dict(show_progress="hidden")  # queued: a refusal is a gr.Error, shown as a toast
     recent_refresh.click(bind(review_recent, ctx), None, [recent], api_name="review_recent",
                          **quiet)  # fmt: skip
     table_refresh.click(bind(review_table, ctx), filters, [table], api_name="review_table",
                         **quiet)  # fmt: skip
     for picked in (recent, table):
-        picked.select(bind(review_pick, ctx), [state], item_outputs, api_visibility="private",
-                      **quiet)  # fmt: skip
+        picked.select(bind(review_pick, ctx), [state], shows_item, api_visibility="private",
+                      **step)  # fmt: skip
     refresh.click(bind(review_progress, ctx), None, [progress_md, progress_df],
                   api_name="review_progress", **quiet)  # fmt: skip
     export.click(bind(review_export, ctx), [include], [files], api_name="review_export")

@@ -32,6 +32,14 @@ def studio(tmp_path_factory):
         yield store, ctx, url
 
 
+def _refusal(out: tuple) -> str:
+    """The message of a refused Review step: its last output (the notice, shown as a toast in
+    the page); every other output comes back untouched (gr.skip())."""
+    *rest, notice = out
+    assert notice and all(o == {"__type__": "update"} for o in rest), out
+    return notice["message"]
+
+
 def _header_id(header: str) -> str:
     """The id of the item on screen (the header line "`<id>` · category ...")."""
     return re.search(r"^`([0-9a-f]+)` ·", header, re.M).group(1)
@@ -119,8 +127,9 @@ def test_review_locks_and_a_conflict_between_two_clients(studio):
     mine = (4, 4, 2, "", "", "blurry")
     alice_try = alice.predict(*mine, "", *FILTERS.values(), api_name="/review_fix")
     assert "Not saved" in alice_try[0] and "bob" in alice_try[0]
-    # The conflict view shows theirs and mine, side by side (the last output).
-    theirs_and_mine = alice_try[-1]
+    assert alice_try[-1] is None  # a conflict is no refusal: the notice stays empty
+    # The conflict view shows theirs and mine, side by side (the output before the notice).
+    theirs_and_mine = alice_try[-2]
     assert f"Theirs: version {version + 1}, bob" in theirs_and_mine
     assert "**1** · nothing changed" in theirs_and_mine and "**2** · blurry" in theirs_and_mine
     label = store.get_label(tid)
@@ -136,8 +145,9 @@ def test_review_locks_and_a_conflict_between_two_clients(studio):
     label = store.get_label(tid)
     assert label.rewards.scores == (4.0, 4.0, 2.0) and label.version == version + 2
     assert [h["user"] for h in store.history(tid)][-2:] == ["bob", "alice"]
-    with pytest.raises(Exception, match="no conflict"):  # nothing left to resolve
-        alice.predict(*mine, "", *FILTERS.values(), api_name="/review_apply_mine")
+    again = alice.predict(*mine, "", *FILTERS.values(), api_name="/review_apply_mine")
+    assert "no conflict" in _refusal(again)  # nothing left to resolve, nothing saved
+    assert store.get_label(tid).version == version + 2
 
 
 def test_a_refused_open_keeps_the_item_held(studio):
@@ -145,12 +155,19 @@ def test_a_refused_open_keeps_the_item_held(studio):
     alice, bob = client(url, "alice"), client(url, "bob")
     held = _header_id(alice.predict(*FILTERS.values(), api_name="/review_next")[0])
     taken = _header_id(bob.predict(*FILTERS.values(), api_name="/review_next")[0])
-    with pytest.raises(Exception, match="bob"):
-        alice.predict(taken, api_name="/review_open")
+    assert "bob" in _refusal(alice.predict(taken, api_name="/review_open"))
     assert store.get_label(held).locked_by == "alice"  # alice still holds her item
-    with pytest.raises(Exception, match="score range"):  # a bad filter: nothing released
-        alice.predict("to review", "(any)", "(any)", "(any)", 4, 2, api_name="/review_forward")
+    assert store.get_label(taken).locked_by == "bob"
+    bad = alice.predict("to review", "(any)", "(any)", "(any)", 4, 2, api_name="/review_forward")
+    assert "score range" in _refusal(bad)  # a bad filter: nothing released
     assert store.get_label(held).locked_by == "alice"
+    # No item open: the decision is refused and nothing is saved.
+    stranger = client(url, "ada")
+    saved_before = store.review_counts()
+    nothing = stranger.predict(5, 5, 5, "", "", "", "", *FILTERS.values(),
+                               api_name="/review_accept")  # fmt: skip
+    assert "No item is open" in _refusal(nothing)
+    assert store.review_counts() == saved_before
     for c in (alice, bob):
         c.predict(*FILTERS.values(), api_name="/review_forward")
 

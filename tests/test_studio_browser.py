@@ -184,18 +184,41 @@ def test_errors_are_toasts_a_conflict_applies_mine_and_undo(browser, tmp_path):
             assert page.evaluate(SHOWN_ERROR_BADGES, box) == 0, box
         assert "turn item" in page.locator("#rate-instruction").inner_text()
 
-        # The Review tab: a refusal is a toast too (with queue=False it would be badges).
+        # The Review tab's steps run with queue=False; a refusal is a toast there too (the
+        # studio's own, studio/notice.py: a raised gr.Error would be badges on that path),
+        # and the same refusal twice shows twice.
         page.get_by_role("tab", name="Review").click()
-        page.locator("#review-accept").click()
-        page.get_by_text("No item is open").first.wait_for()
-        for box in ("#review-header", "#review-original", "#review-annotations"):
+        toasts = page.locator("#mrc-toasts [role=alert]")
+        for n in (1, 2):
+            page.locator("#review-accept").click()
+            toasts.filter(has_text="No item is open").nth(n - 1).wait_for()
+        assert toasts.count() == 2 and "Error" in toasts.first.inner_text()
+        for box in ("#review-header", "#review-original", "#review-diff"):
             assert page.evaluate(SHOWN_ERROR_BADGES, box) == 0, box
+        toasts.first.click()  # a click closes a toast, as Gradio's do
+        page.wait_for_function("document.querySelectorAll('#mrc-toasts [role=alert]').length < 2")
 
         # Review: I set following to 2; meanwhile bob saves his own values.
         page.locator("#review-load").click()
         header = page.locator("#review-header")
         header.get_by_text("doubt").wait_for()
         tid = header.locator("code").first.inner_text()
+
+        # A bad filter refuses the next step: a toast, and the item stays as it was.
+        page.locator("#review-diff img").wait_for()
+        shown = header.inner_text()
+        diff_src = page.locator("#review-diff img").get_attribute("src")
+        page.get_by_label("Score ≥", exact=True).fill("4")
+        page.get_by_label("Score ≤", exact=True).fill("2")
+        page.locator("#review-forward").click()
+        toasts.filter(has_text="score range").wait_for()
+        assert header.inner_text() == shown
+        assert page.locator("#review-diff img").get_attribute("src") == diff_src
+        for box in ("#review-header", "#review-original", "#review-diff"):
+            assert page.evaluate(SHOWN_ERROR_BADGES, box) == 0, box
+        assert store.get_label(tid).locked_by == "local"  # the item is still held
+        page.get_by_label("Score ≥", exact=True).fill("0")
+        page.get_by_label("Score ≤", exact=True).fill("5")
         header.click()
         page.keyboard.press("2")
         version = store.get_label(tid).version

@@ -28,6 +28,7 @@ from tests.studio_helpers import (
     client,
     serve,
     tiny_model,
+    triplet_ids,
 )
 
 FILTERS = ("to review", "(any)", "(any)", "(any)", 0, 5)
@@ -54,13 +55,20 @@ def test_without_login_a_public_studio_refuses_review_and_rating(store):
     """Misconfigured: login is required (public host) but the app was launched without auth."""
     with serve(_ctx(store, login=True), auth=False) as url:
         anonymous = client(url)
+        counts = store.review_counts()
         for args, api in [(FILTERS, "/review_next"), ((), "/rate_next"),
                           (("5",) * 6 + ("left",), "/rate_submit"),
                           ((5, 5, 5, "", "", "", "", *FILTERS), "/review_accept"),
                           ((False,), "/review_export"), ((), "/results")]:  # fmt: skip
+            if api in ("/review_next", "/review_accept"):  # Review steps: a notice, not an error
+                *untouched, notice = anonymous.predict(*args, api_name=api)
+                assert "You must log in" in notice["message"]
+                assert all(o == {"__type__": "update"} for o in untouched)
+                continue
             with pytest.raises(AppError, match="You must log in"):
                 anonymous.predict(*args, api_name=api)
         assert store.ratings() == []
+        assert store.review_counts() == counts  # nothing saved
 
 
 def test_with_login_anonymous_requests_never_reach_the_app(store):
@@ -111,8 +119,11 @@ def test_a_login_takes_the_same_time_whether_the_name_exists_or_not(store):
 def test_roles_are_enforced(store):
     with serve(_ctx(store, login=True)) as url:
         rita = client(url, "rita")
-        with pytest.raises(AppError, match="role 'rater'"):
-            rita.predict(*FILTERS, api_name="/review_next")
+        *untouched, notice = rita.predict(*FILTERS, api_name="/review_next")  # a Review step
+        assert "role 'rater'" in notice["message"]
+        assert all(o == {"__type__": "update"} for o in untouched)  # no item shown
+        labels = [store.get_label(t) for t in triplet_ids(store)]
+        assert not any(label and label.locked_by == "rita" for label in labels)  # none taken
         with pytest.raises(AppError, match="role 'rater'"):
             rita.predict(api_name="/results")
         with pytest.raises(AppError, match="role 'annotator'"):

@@ -66,8 +66,9 @@ def test_undo_recent_and_table_through_the_api(tmp_path):
                          evaluation=Evaluation(SYSTEM_A, SYSTEM_B))  # fmt: skip
     with serve(ctx) as url:
         alice = client(url, "alice")
-        with pytest.raises(Exception, match="no decision to undo"):
-            alice.predict(api_name="/review_undo")
+        *untouched, notice = alice.predict(api_name="/review_undo")  # refused: a notice
+        assert "no decision to undo" in notice["message"]
+        assert all(o == {"__type__": "update"} for o in untouched)
         item = alice.predict(*FILTERS, api_name="/review_next")
         tid = item[0].split("`")[1]
         loaded = store.get_label(tid)
@@ -80,7 +81,7 @@ def test_undo_recent_and_table_through_the_api(tmp_path):
         label = store.get_label(tid)
         assert (label.status, label.rewards) == (loaded.status, loaded.rewards)
         assert label.locked_by == "alice"  # open again, for her
-        assert out[-1]["data"] == []  # nothing left to undo
+        assert out[-2]["data"] == [] and out[-1] is None  # nothing left to undo; no refusal
         queue = alice.predict(*FILTERS, api_name="/review_table")
         rows = {r[0]: r for r in queue["data"]}
         assert rows[tid][2] == "pending" and rows[tid][4] == "alice"
