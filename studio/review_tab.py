@@ -147,7 +147,9 @@ def build_review_tab(ctx: StudioContext) -> dict[str, Any]:
         conflict_box,
         conflict_md,
     ]
-    assert len(item_outputs) == ITEM_OUTPUTS
+    if len(item_outputs) != ITEM_OUTPUTS:  # the handlers' refusals skip exactly that many
+        raise RuntimeError(f"the Review tab shows {len(item_outputs)} outputs per item; "
+                           f"review_handlers.ITEM_OUTPUTS says {ITEM_OUTPUTS}")  # fmt: skip
     # The steps that show an item run with queue=False: the page sends one POST to
     # /gradio_api/run/<api> instead of joining the queue and waiting on the session's event
     # stream (a third of a step's time in docs/studio.md's browser benchmark). On that path
