@@ -34,7 +34,7 @@ outputs. The reward encoder's BERT layer is :mod:`core.reward_encoder`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,12 +199,6 @@ class MultiRewardCondition(ModelMixin, ConfigMixin):
         nt = self.null_tokens.to(dtype)
         return torch.cat([nt[:1], nt[1:].expand(n - 1, -1)])  # (N, C0)
 
-    def null_condition(self, batch_size: int, num_text_tokens: int = 1) -> RewardCondition:
-        """The learned null reward for ``batch_size`` samples."""
-        dtype = self.null_time.dtype
-        tokens = self._null_tokens(1 + num_text_tokens, dtype)[None].expand(batch_size, -1, -1)
-        return RewardCondition(self.null_time[None].expand(batch_size, -1), tokens)
-
     # -- the reward encoder (applied to the conv_in output) -----------------------------------
     def reward_encoder(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """hidden (B, C0, H, W), tokens (B, N, C0) -> hidden + proj_out(CA(proj_in(norm(hidden))))."""
@@ -213,29 +207,12 @@ class MultiRewardCondition(ModelMixin, ConfigMixin):
 
 @dataclass
 class RewardCondition:
-    """What the UNet receives: ``time_emb`` (B, T) is added to the time embedding, ``tokens``
-    (B, N, C0) are the keys/values of the reward encoder (N = 2 for pooled reward text)."""
+    """What the UNet's hooks inject (:mod:`core.mrc_unet`): ``time_emb`` (B, T) is added to the
+    time embedding, ``tokens`` (B, N, C0) are the keys/values of the reward encoder (N = 2 for
+    pooled reward text)."""
 
     time_emb: torch.Tensor  # (B, T)
     tokens: torch.Tensor  # (B, N, C0)
-
-    @property
-    def batch_size(self) -> int:
-        return self.time_emb.shape[0]
-
-    @classmethod
-    def cat(cls, parts: Sequence[RewardCondition]) -> RewardCondition:
-        """Concatenate along the batch, e.g. the guidance branches [r, r, r, null]."""
-        return cls(torch.cat([p.time_emb for p in parts]), torch.cat([p.tokens for p in parts]))
-
-    def repeat_interleave(self, repeats: int) -> RewardCondition:
-        return RewardCondition(
-            self.time_emb.repeat_interleave(repeats, dim=0),
-            self.tokens.repeat_interleave(repeats, dim=0),
-        )
-
-    def to(self, *args: Any, **kwargs: Any) -> RewardCondition:
-        return RewardCondition(self.time_emb.to(*args, **kwargs), self.tokens.to(*args, **kwargs))
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -8,9 +8,11 @@ state-dict keys, every diffusers feature: attention processors, LoRA, gradient c
     timestep --time_proj--> time_embedding --(hook) emb + time_emb--> every ResNet block
 
 Both hooks are ordinary ``register_forward_hook``s on ``unet.conv_in`` and
-``unet.time_embedding``. They read the :class:`~core.mrc.RewardCondition` of the call in
-progress from a :class:`contextvars.ContextVar`, set by :meth:`MRCUNet.forward` for exactly the
-duration of the UNet call. Outside such a call the hooks do nothing, so ``unet`` used directly
+``unet.time_embedding``. :meth:`MRCUNet.forward` takes the reward raw, as the UNet's other
+conditions (scores and the failure texts' embeddings), has the reward module
+(:class:`~core.mrc.MultiRewardCondition`) turn it into a :class:`~core.mrc.RewardCondition`, and
+sets that in a :class:`contextvars.ContextVar` for exactly the duration of the UNet call, where
+the hooks read it. Outside such a call the hooks do nothing, so ``unet`` used directly
 stays the stock model; the context variable makes concurrent calls from several threads safe and
 keeps the wrapper picklable/deep-copyable (EMA copies, DDP).
 
@@ -144,7 +146,6 @@ class MRCUNet(nn.Module):
         sample: torch.Tensor,
         timestep: torch.Tensor | float | int,
         encoder_hidden_states: torch.Tensor,
-        reward: RewardCondition | None = None,
         *,
         scores: torch.Tensor | None = None,
         reward_text_embeds: torch.Tensor | None = None,
@@ -154,25 +155,24 @@ class MRCUNet(nn.Module):
     ) -> Any:
         """The stock UNet forward with the reward injected.
 
-        Pass either a precomputed ``reward`` (:meth:`MultiRewardCondition.forward`, computed
-        once per sampling call) or ``scores`` (B, 3) + ``reward_text_embeds`` (B, D) and an
-        optional ``drop_mask`` (B,) for the null reward (training). A reward of batch 1 is
-        broadcast to the sample batch. Other keyword arguments go to the UNet unchanged.
+        The reward arrives raw, as the UNet's other conditions do (as SDXL's UNet takes its
+        ``added_cond_kwargs``): ``scores`` (B, 3) in [0, 5] and ``reward_text_embeds`` (B, D) or
+        (B, L, D), the frozen text encoder's embedding of the joined failure texts; the reward
+        module turns them into a :class:`~core.mrc.RewardCondition` inside this call.
+        ``drop_mask`` (B,) puts the learned null reward in a row's place (reward dropout in
+        training, the null branch of reward guidance). A reward of batch 1 is broadcast to the
+        sample batch. Other keyword arguments go to the UNet unchanged.
         """
-        if reward is None:
-            if scores is None or reward_text_embeds is None:
-                raise ValueError(
-                    "MRCUNet needs the reward: pass `reward=` (a RewardCondition) or both "
-                    "`scores=` and `reward_text_embeds=`."
-                )
-            reward = self.reward_module(scores, reward_text_embeds, drop_mask)
-        elif scores is not None or reward_text_embeds is not None or drop_mask is not None:
-            raise ValueError("Pass either `reward=` or `scores=`/`reward_text_embeds=`, not both.")
+        if scores is None or reward_text_embeds is None:
+            raise ValueError(
+                "MRCUNet needs the reward: pass `scores=` (B, 3) and `reward_text_embeds=`."
+            )
         b = sample.shape[0]
-        if reward.batch_size == 1 and b != 1:
-            reward = RewardCondition(reward.time_emb.expand(b, -1), reward.tokens.expand(b, -1, -1))
-        elif reward.batch_size != b:
-            raise ValueError(f"The reward has batch {reward.batch_size} but the sample has {b}.")
+        if scores.ndim == 2 and scores.shape[0] == 1 and b != 1:
+            scores = scores.expand(b, -1)
+        if scores.ndim == 2 and scores.shape[0] != b:
+            raise ValueError(f"The reward has batch {scores.shape[0]} but the sample has {b}.")
+        reward = self.reward_module(scores, reward_text_embeds, drop_mask)
         if not self.is_attached:
             raise RuntimeError(
                 "This MRCUNet's hooks were removed (detach_hooks, or another MRCUNet wrapped the "

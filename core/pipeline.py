@@ -18,7 +18,8 @@ all see the *same* ``r``: exactly the authors' inference (``reward_guidance_scal
 extrapolates away from "no reward information" towards the requested reward. It needs a module
 trained with reward dropout (``drop_mask``); a fresh or authors'-import module has an untrained null.
 
-The reward (tokens and time term) does not depend on the timestep, so it is computed once per call.
+The reward reaches the UNet raw (scores and failure-text embeddings, like its other conditions);
+the UNet's reward module turns it into tokens and a time term inside each call.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from core.instructions import warn_truncated
-from core.mrc import MultiRewardCondition, RewardCondition
+from core.mrc import MultiRewardCondition
 from core.mrc_unet import MRCUNet, check_compatible
 from core.pipeline_inputs import (
     OUTPUT_TYPES,
@@ -143,18 +144,18 @@ class MRCInstructPix2PixPipeline(DiffusionPipeline, StableDiffusionMixin):
         key = [tuple(t) if not isinstance(t, str) else t for t in texts]
         return emb[torch.tensor([index[k] for k in key], device=emb.device)]
 
-    def encode_rewards(
+    def reward_inputs(
         self,
         requests: Sequence[Rewards],
         device: torch.device,
         text_embeds: torch.Tensor | None = None,
-    ) -> RewardCondition:
-        """One RewardCondition per request, in the reward module's dtype (``text_embeds``: the
-        requests' reward-text embeddings when already computed)."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The UNet's reward inputs for one request each: scores (B, 3) float32 and the
+        reward-text embeddings (``text_embeds`` when already computed)."""
         scores = torch.tensor([r.scores for r in requests], dtype=torch.float32, device=device)
         if text_embeds is None:
             text_embeds = self.encode_reward_text([r.texts for r in requests])
-        return self.reward_module(scores, text_embeds)
+        return scores, text_embeds.to(device)
 
     def encode_all_text(
         self,
@@ -318,8 +319,10 @@ class MRCInstructPix2PixPipeline(DiffusionPipeline, StableDiffusionMixin):
         if do_cfg:
             neg = neg.to(dtype).repeat_interleave(n, dim=0)
 
-        # 2. Reward condition, once per call: (B*n, T) and (B*n, N, C0).
-        reward = self.encode_rewards(requests, device, reward_text_embeds).repeat_interleave(n)
+        # 2. The requested rewards as the UNet takes them: scores (B*n, 3), texts (B*n, ...).
+        scores, reward_text_embeds = self.reward_inputs(requests, device, reward_text_embeds)
+        scores = scores.repeat_interleave(n, dim=0)
+        reward_text_embeds = reward_text_embeds.repeat_interleave(n, dim=0)
 
         # 3. Image latents of the pictures to edit, (B*n, C, h, w).
         image_latents = self.prepare_image_latents(images, dtype, device)
@@ -327,18 +330,22 @@ class MRCInstructPix2PixPipeline(DiffusionPipeline, StableDiffusionMixin):
             image_latents = image_latents.expand(batch, -1, -1, -1)
         image_latents = image_latents.repeat_interleave(n, dim=0)
 
-        # 4. Guidance branches: (prompt, image, reward) per branch, concatenated on the batch.
-        branches = [(text, image_latents, reward)]
+        # 4. Guidance branches: (prompt, image, null reward?) per branch, concatenated on the
+        # batch; every branch asks for the same reward, the last one's replaced by the null.
+        branches = [(text, image_latents, False)]
         if do_cfg:
             zeros = torch.zeros_like(image_latents)
-            branches += [(neg, image_latents, reward), (neg, zeros, reward)]
+            branches += [(neg, image_latents, False), (neg, zeros, False)]
         if do_reward_cfg:
-            null = self.reward_module.null_condition(reward.batch_size, reward.tokens.shape[1] - 1)
-            branches.append((text, image_latents, null))
+            branches.append((text, image_latents, True))
+        k = len(branches)
         prompt_embeds = torch.cat([b[0] for b in branches])
         image_latents = torch.cat([b[1] for b in branches])
-        unet_dtype = self.unet.dtype
-        cond = RewardCondition.cat([b[2] for b in branches]).to(device=device, dtype=unet_dtype)
+        scores, reward_text_embeds = scores.repeat(k, 1), torch.cat([reward_text_embeds] * k)
+        drop_mask = None
+        if do_reward_cfg:
+            drop_mask = torch.tensor([b[2] for b in branches], device=device)
+            drop_mask = drop_mask.repeat_interleave(batch * n)
 
         # 5. Timesteps and initial noise.
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -355,7 +362,6 @@ class MRCInstructPix2PixPipeline(DiffusionPipeline, StableDiffusionMixin):
 
         # 6. Denoising loop.
         unet = self.mrc_unet
-        k = len(branches)
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
@@ -368,7 +374,9 @@ class MRCInstructPix2PixPipeline(DiffusionPipeline, StableDiffusionMixin):
                     model_input,
                     t,
                     encoder_hidden_states=prompt_embeds,
-                    reward=cond,
+                    scores=scores,
+                    reward_text_embeds=reward_text_embeds,
+                    drop_mask=drop_mask,
                     cross_attention_kwargs=cross_attention_kwargs,
                     return_dict=False,
                 )[0]

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.mrc import MultiRewardCondition, RewardCondition, encode_reward_text, join_reward_texts
+from core.mrc import MultiRewardCondition, encode_reward_text, join_reward_texts
 from core.mrc_unet import MRCUNet
 from core.rewards import Rewards
 from core.tiny import TinyConfig, build_text_encoder, build_tokenizer, build_unet
@@ -233,8 +233,8 @@ def test_drop_mask_puts_the_null_reward_in_place(unet):
     torch.testing.assert_close(mixed.tokens[0], full.tokens[0])
     torch.testing.assert_close(mixed.time_emb[1], m.null_time)
     torch.testing.assert_close(mixed.tokens[1], m.null_tokens)
-    null = m.null_condition(2)
-    torch.testing.assert_close(null.tokens, m(scores, text, torch.ones(2, dtype=torch.bool)).tokens)
+    null = m(scores, text, torch.ones(2, dtype=torch.bool))
+    torch.testing.assert_close(null.tokens, m.null_tokens.expand(2, -1, -1))
     # The null does not depend on the reward asked for.
     other = m(torch.zeros(2, 3), torch.randn(2, CFG.text_dim), torch.ones(2, dtype=torch.bool))
     torch.testing.assert_close(other.time_emb, null.time_emb)
@@ -317,7 +317,7 @@ def test_bad_shapes_raise(unet):
     with pytest.raises(ValueError, match="needs the reward"):
         wrapped(x, 10, enc)
     with pytest.raises(ValueError, match="batch 3"):
-        wrapped(x, 10, enc, reward=RewardCondition(torch.zeros(3, 128), torch.zeros(3, 2, 32)))
+        wrapped(x, 10, enc, scores=torch.zeros(3, 3), reward_text_embeds=torch.zeros(3, 32))
     wrapped.detach_hooks()
 
 

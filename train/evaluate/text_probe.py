@@ -141,8 +141,11 @@ class LossProbe:
             if reward is None:
                 pred = pipe.unet(model_input, tt, encoder_hidden_states=hidden).sample
             else:
-                pred = pipe.mrc_unet(model_input, tt, encoder_hidden_states=hidden, reward=reward)
-                pred = pred.sample
+                scores, reward_text = reward
+                pred = pipe.mrc_unet(
+                    model_input, tt, encoder_hidden_states=hidden, scores=scores,
+                    reward_text_embeds=reward_text,
+                ).sample  # fmt: skip
             if self.prediction_type == "epsilon":
                 want = noise
             else:
@@ -151,12 +154,12 @@ class LossProbe:
         return total / len(timesteps)
 
     def reward(self, n: int, device: torch.device) -> Any:
-        """An MRC system's requested rewards for ``n`` items (None for InstructPix2Pix)."""
+        """An MRC system's requested rewards for ``n`` items as the UNet takes them (scores,
+        reward-text embeddings), or None for InstructPix2Pix."""
         if self.spec.kind != "mrc":
             return None
         request = Rewards.from_scores(self.spec.rewards, self.spec.reward_text)
-        reward = self.pipe.encode_rewards([request] * n, device)
-        return reward.to(device=device, dtype=self.pipe.unet.dtype)
+        return self.pipe.reward_inputs([request] * n, device)
 
 
 def probe_system(
