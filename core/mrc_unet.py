@@ -25,6 +25,7 @@ recomputation outside :meth:`MRCUNet.forward` would not see the reward.
 from __future__ import annotations
 
 import contextvars
+import weakref
 from typing import Any
 
 import torch
@@ -38,6 +39,18 @@ from core.mrc import MultiRewardCondition, RewardCondition
 _ACTIVE: contextvars.ContextVar[tuple[MRCUNet, RewardCondition] | None] = contextvars.ContextVar(
     "mrc_active_reward", default=None
 )
+
+
+# The wrapper whose hooks a UNet carries (the newest one around it), held weakly both ways so
+# neither the UNet nor the wrapper is kept alive by the registry.
+_OWNERS: weakref.WeakKeyDictionary[UNet2DConditionModel, weakref.ref[MRCUNet]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _owner(unet: UNet2DConditionModel) -> MRCUNet | None:
+    ref = _OWNERS.get(unet)
+    return ref() if ref is not None else None
 
 
 def check_compatible(unet: UNet2DConditionModel, reward_module: MultiRewardCondition) -> None:
@@ -65,15 +78,21 @@ class MRCUNet(nn.Module):
         check_compatible(unet, reward_module)
         self.unet = unet
         self.reward_module = reward_module
-        previous = getattr(unet, "_mrc_hook_handles", None)
+        previous = _owner(unet)
         if previous is not None:  # re-wrapping: the newest wrapper owns the hooks
-            for handle in previous:
-                handle.remove()
-        handles = (
+            previous.detach_hooks()
+        self._hook_handles = (
             unet.conv_in.register_forward_hook(self._conv_in_hook),
             unet.time_embedding.register_forward_hook(self._time_embedding_hook),
         )
-        object.__setattr__(unet, "_mrc_hook_handles", handles)
+        _OWNERS[unet] = weakref.ref(self)
+
+    def __setstate__(self, state: dict) -> None:
+        # A deep copy (EMA, DDP) or an unpickled wrapper: its UNet copy carries hooks bound to
+        # this copy, so this copy owns them.
+        super().__setstate__(state)
+        if self._hook_handles:
+            _OWNERS[self.unet] = weakref.ref(self)
 
     # -- hooks -------------------------------------------------------------------------------
     def _active_condition(self) -> RewardCondition | None:
@@ -115,18 +134,15 @@ class MRCUNet(nn.Module):
     @property
     def is_attached(self) -> bool:
         """Whether this wrapper's hooks are the ones installed on ``unet``."""
-        handles = getattr(self.unet, "_mrc_hook_handles", None)
-        hooks = self.unet.conv_in._forward_hooks
-        return handles is not None and any(
-            getattr(hooks.get(h.id), "__self__", None) is self for h in handles
-        )
+        return _owner(self.unet) is self
 
     def detach_hooks(self) -> None:
         """Remove the hooks; ``unet`` is then a plain stock UNet again."""
         if self.is_attached:
-            for handle in self.unet._mrc_hook_handles:
+            for handle in self._hook_handles:
                 handle.remove()
-            object.__delattr__(self.unet, "_mrc_hook_handles")
+            self._hook_handles = ()
+            del _OWNERS[self.unet]
 
     # -- forward -----------------------------------------------------------------------------
     @property

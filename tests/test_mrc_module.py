@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import gc
 import math
+import pickle
 import threading
+import weakref
 
 import pytest
 import torch
@@ -367,3 +370,29 @@ def test_reward_text_is_joined_and_encoded_with_the_frozen_encoder(tmp_path):
     torch.testing.assert_close(pooled[:1], enc(ids).pooler_output)
     seq = encode_reward_text([("a", "b", "c")], tok, enc, mode="sequence")
     assert seq.shape == (1, 77, CFG.text_dim)
+
+
+def test_hook_ownership_follows_the_newest_wrapper_and_copies(unet):
+    """The newest wrapper around a UNet owns its hooks; a deep copy or a pickled copy owns its
+    own UNet copy's hooks; a detached wrapper's copy owns none; the registry keeps nothing alive."""
+    inner = copy.deepcopy(unet)
+    first = MRCUNet(inner, random_module(unet))
+    second = MRCUNet(inner, random_module(unet, seed=1))
+    assert second.is_attached and not first.is_attached
+    assert len(inner.conv_in._forward_hooks) == 1  # the first wrapper's hooks were removed
+    x, enc, scores, text = inputs()
+    with pytest.raises(RuntimeError, match="hooks were removed"):
+        first(x, 10, enc, scores=scores, reward_text_embeds=text)
+    with torch.no_grad():
+        want = second(x, 10, enc, scores=scores, reward_text_embeds=text).sample
+        for twin in (copy.deepcopy(second), pickle.loads(pickle.dumps(second))):
+            assert twin.is_attached and second.is_attached
+            got = twin(x, 10, enc, scores=scores, reward_text_embeds=text).sample
+            torch.testing.assert_close(got, want)
+    second.detach_hooks()
+    assert not second.is_attached and not inner.conv_in._forward_hooks
+    assert not copy.deepcopy(second).is_attached
+    gone = weakref.ref(second)
+    del first, second, twin
+    gc.collect()
+    assert gone() is None
