@@ -11,6 +11,7 @@ p95 <= 150 ms; docs/studio.md records the figures.
 
     python -m benchmarks.bench_review_browser                 # 20 rounds per user and step
     python -m benchmarks.bench_review_browser --rounds 5 --json out.json
+    python -m benchmarks.bench_review_browser --think-ms 500   # a pause before each step
 
 Needs Debian's chromium (``apt-get install chromium``); Playwright drives it, nothing is
 downloaded. tests/test_studio_browser.py runs the same flow for one round as a test of
@@ -82,9 +83,10 @@ TIME_STEP = """async (buttonId) => {
 }"""
 
 
-def measure(browser: Any, folder: Path, rounds: int) -> dict[str, Any]:
-    """Timings (ms) of next / save + next / the fetch baseline for three signed-in users;
-    the store afterwards, to check the saves happened."""
+def measure(browser: Any, folder: Path, rounds: int, think_ms: int = 0) -> dict[str, Any]:
+    """Timings (ms) of next / save + next / the fetch baseline for three signed-in users,
+    waiting ``think_ms`` after each step (an annotator looking at the item); the store
+    afterwards, to check the saves happened."""
     store = build_store(folder / "s.db", n_train=3 * 2 * (rounds + 3) + 20)
     ctx = create_context(store, tiny_model(), login_required=True,
                          evaluation=Evaluation(SYSTEM_A, SYSTEM_B))  # fmt: skip
@@ -105,8 +107,9 @@ def measure(browser: Any, folder: Path, rounds: int) -> dict[str, Any]:
             page.evaluate(TIME_STEP, "review-accept")
         for _ in range(rounds):
             for page in pages:
-                timings["next"].append(page.evaluate(TIME_STEP, "review-forward"))
-                timings["save"].append(page.evaluate(TIME_STEP, "review-accept"))
+                for step, button in (("next", "review-forward"), ("save", "review-accept")):
+                    page.wait_for_timeout(think_ms)
+                    timings[step].append(page.evaluate(TIME_STEP, button))
                 timings["fetch"].append(page.evaluate(TIME_FETCH))
     return {"timings": timings, "store": store}
 
@@ -132,14 +135,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_review_browser",
                                  description=__doc__.split("\n\n")[0])  # fmt: skip
     ap.add_argument("--rounds", type=int, default=20, help="rounds per user and step")
+    ap.add_argument("--think-ms", type=int, default=0,
+                    help="pause before each step, as an annotator looks at the item (0: "
+                    "back to back, the worst case for loading the next items ahead)")  # fmt: skip
     ap.add_argument("--json", default="", help="also write the summary here")
     args = ap.parse_args(argv)
     if not CHROMIUM.exists():
         print(f"{CHROMIUM} is not installed (apt-get install chromium).", file=sys.stderr)
         return 2
     with chromium() as browser, tempfile.TemporaryDirectory() as tmp:
-        summary = summarise(measure(browser, Path(tmp), args.rounds)["timings"])
-    print(f"browser latency, {len(USERS)} users signed in (goal: p95 <= {GOAL_MS:g} ms):")
+        summary = summarise(measure(browser, Path(tmp), args.rounds, args.think_ms)["timings"])
+    print(f"browser latency, {len(USERS)} users signed in, {args.think_ms} ms between steps "
+          f"(goal: p95 <= {GOAL_MS:g} ms):")  # fmt: skip
     for step, f in summary.items():
         extra = (
             f"  {f['p95_vs_fetch']}x the fetch p95, p50 {f['p50_vs_fetch_p50']}x the fetch p50"

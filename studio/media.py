@@ -42,6 +42,7 @@ import zlib
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 import gradio as gr
 from PIL import Image, ImageChops
@@ -175,3 +176,70 @@ class DifferenceImages:
             while len(self._used) > self.keep:
                 self._used.popitem(last=False)[1].unlink(missing_ok=True)
         return str(target)
+
+
+# -- prefetching the next item's images (Review tab) ----------------------------------------------
+
+# Runs once when the component mounts; `watch` calls back whenever an event sets the value: the
+# "file=..." tails of the next item's image URLs. Their head is taken from an image on screen
+# (the same root Gradio gives its own <img> tags), so the browser caches exactly the URLs the
+# next item will use. The loads start once the images on screen have loaded (they must not
+# compete with them), and the Image objects are kept: Chromium's memory cache keeps a
+# decoded image only while something holds it, and an <img> given the same URL in the same
+# page then shows it without another request.
+PREFETCH_JS = """
+const held = new Map();  // URL -> Image, for the URLs of the latest list only
+watch("value", () => {
+  const files = props.value;
+  if (!Array.isArray(files) || !files.length) return;
+  const src = [...document.querySelectorAll(SHOWN)].map((img) => img.src)
+    .find((s) => s.includes("/gradio_api/file="));
+  if (!src) return;
+  const root = src.slice(0, src.indexOf("/gradio_api/file=") + "/gradio_api/".length);
+  const loaded = (img) => img.complete ? Promise.resolve() : new Promise((done) => {
+    img.addEventListener("load", done, {once: true});
+    img.addEventListener("error", done, {once: true});
+    setTimeout(done, 2000);
+  });
+  // After a frame (the new item's <img> tags have their URLs), once they have loaded.
+  requestAnimationFrame(() => Promise.all(
+    [...document.querySelectorAll(SHOWN)].map(loaded)
+  ).then(() => {
+    const urls = files.map((file) => root + file);
+    for (const url of [...held.keys()]) if (!urls.includes(url)) held.delete(url);
+    for (const url of urls) {
+      if (held.has(url)) continue;  // loaded for an earlier list
+      const img = new Image();
+      img.decoding = "async";
+      img.src = url;
+      held.set(url, img);
+    }
+  }));
+});
+"""
+
+PREFETCH_API_INFO = {
+    "type": "array",
+    "items": {"type": "string"},
+    "description": "the next item's image files (the tails of their /gradio_api/file= URLs), "
+    "which the page loads in the background",
+}
+
+
+def prefetch_box(elem_id: str, shown: Sequence[str]) -> gr.HTML:
+    """An output that makes the page load images in the background; it renders nothing.
+
+    Its value is a list of :func:`file_url_tail` strings (or ``None``). ``shown`` are the
+    elem_ids of the image components on screen: the prefetch waits for their images and
+    takes the URLs' root from them. (A ``gr.HTML`` like :func:`studio.notice.notice_box`.)
+    """
+    selector = ", ".join(f"#{e} img" for e in shown)
+    js = PREFETCH_JS.replace("SHOWN", repr(selector))
+    box = gr.HTML(None, html_template="", js_on_load=js, elem_id=elem_id)
+    box.api_info = lambda: PREFETCH_API_INFO  # type: ignore[method-assign]
+    return box
+
+
+def file_url_tail(path: str | Path) -> str:
+    """``file=<path>``, quoted as Gradio quotes the paths of the files it serves."""
+    return "file=" + quote(str(path), safe="/")

@@ -20,11 +20,12 @@ import gradio as gr
 import pandas as pd
 
 from core.review_doubt import ReviewFilter
-from core.review_queue import ReviewItem
+from core.review_queue import CHUNK, ReviewItem
 from core.rewards import PERSPECTIVES, TITLES, Rewards
 from core.store import ConflictError, LabelRecord, LockedError
 from studio.auth import CAN_REVIEW
 from studio.context import StudioContext, user_errors, username
+from studio.media import file_url_tail
 from studio.notice import with_notice
 
 ANY = "(any)"
@@ -32,9 +33,13 @@ ANNOTATION_COLUMNS = ["source", "prompt", *PERSPECTIVES, "failure points"]
 HISTORY_COLUMNS = ["version", "who", "when", "action", "before", "after", "note"]
 NO_CONFLICT = (gr.update(visible=False), "")  # the conflict panel's outputs when there is none
 # An item's outputs: state, header, three images, annotations, scores, failure points, note,
-# history and the conflict panel (box, table). The events that show an item run with
-# queue=False and have one more output, studio.notice.notice_box, for a refusal.
-ITEM_OUTPUTS = 6 + 2 * len(PERSPECTIVES) + 4
+# history, the conflict panel (box, table) and the next item's images to prefetch. The events
+# that show an item run with queue=False and have one more output,
+# studio.notice.notice_box, for a refusal.
+ITEM_OUTPUTS = 6 + 2 * len(PERSPECTIVES) + 5
+# Items whose images the page loads ahead: the next one, and the ones after it that other
+# annotators may take first (docs/studio.md, "Prefetching the next items").
+PREFETCH_ITEMS = 6
 PROGRESS_COLUMNS = ["annotator", "saved", "accepted", "fixed", "rejected", "skipped",
                     "median_seconds_per_item", "last_active"]  # fmt: skip
 
@@ -99,7 +104,7 @@ def _empty(message: str) -> tuple:
     return (
         None, message, None, None, None,
         pd.DataFrame(columns=ANNOTATION_COLUMNS), *blank_scores, *blank_texts, "",
-        pd.DataFrame(columns=HISTORY_COLUMNS), *NO_CONFLICT,
+        pd.DataFrame(columns=HISTORY_COLUMNS), *NO_CONFLICT, [],
     )  # fmt: skip
 
 
@@ -114,8 +119,10 @@ def _header(triplet: dict[str, Any], label: LabelRecord | None, doubt: float) ->
     )
 
 
-def _show(ctx: StudioContext, item: ReviewItem | None, message: str = "") -> tuple:
-    """The ``ITEM_OUTPUTS`` outputs for one item, in the Review tab's order (state first)."""
+def _show(ctx: StudioContext, item: ReviewItem | None, message: str = "",
+          upcoming: list[str] | None = None) -> tuple:  # fmt: skip
+    """The ``ITEM_OUTPUTS`` outputs for one item, in the Review tab's order (state first);
+    ``upcoming``: the next item's images for the page to prefetch (:func:`_upcoming`)."""
     if item is None:
         return _empty(message or "Nothing left to review with these filters.")
     t = item.triplet
@@ -139,7 +146,44 @@ def _show(ctx: StudioContext, item: ReviewItem | None, message: str = "") -> tup
         (label.note or "") if label else "",
         _history_table(ctx, t["id"]),
         *NO_CONFLICT,
+        upcoming or [],
     )
+
+
+def _upcoming(
+    ctx: StudioContext, user: str, flt: ReviewFilter, item: ReviewItem | None
+) -> list[str]:
+    """The images of the items that *Next →* or a decision may show after ``item``: the
+    queue's next ``PREFETCH_ITEMS`` free items for ``user`` (none taken), as the tails of
+    their URLs, for the page to load in the background while the annotator works
+    (studio.media.prefetch_box). More than one, since other annotators take items from the
+    same queue meanwhile. Their difference views are drawn now (each once: they are cached),
+    so the step that shows one finds it ready. [] at the end of the queue."""
+    if item is None:
+        return []
+    queue = ctx.queue
+    # ReviewQueue has no public look-ahead (core/ is outside the studio's files): this reads
+    # its order and checks candidates as ``next_item`` does, without locking one.
+    with queue._mutex:
+        queue._doubt_order.refresh()
+        order = queue._doubt_order.candidates(flt)
+    try:
+        start = order.index(item.triplet_id) + 1
+    except ValueError:
+        start = 0
+    files: list[str] = []
+    for offset in range(start, len(order), CHUNK):
+        for tid in queue._eligible(flt, user, order[offset : offset + CHUNK]):
+            t = ctx.store.get_triplet(tid)
+            if tid == item.triplet_id or not t["edited"]:
+                continue
+            original = ctx.store.image_path(t["original"])
+            edited = ctx.store.image_path(t["edited"])
+            diff = ctx.differences.path(original, edited)
+            files += [file_url_tail(p) for p in (original, edited, diff)]
+            if len(files) == 3 * PREFETCH_ITEMS:
+                return files
+    return files
 
 
 def _release_unless_shown(ctx: StudioContext, user: str, state, item: ReviewItem | None) -> None:
@@ -161,7 +205,7 @@ def review_next(ctx: StudioContext, state, status, category, judge, perspective,
     flt = _filter(status, category, judge, perspective, lo, hi)
     item = ctx.queue.next_item(user, flt)
     _release_unless_shown(ctx, user, state, item)
-    return _show(ctx, item)
+    return _show(ctx, item, upcoming=_upcoming(ctx, user, flt, item))
 
 
 @with_notice(ITEM_OUTPUTS)
@@ -173,7 +217,7 @@ def review_forward(ctx: StudioContext, state, status, category, judge, perspecti
     after = state["triplet_id"] if state else None
     item = ctx.queue.next_item(user, flt, after=after)
     _release_unless_shown(ctx, user, state, item)
-    return _show(ctx, item)
+    return _show(ctx, item, upcoming=_upcoming(ctx, user, flt, item))
 
 
 @with_notice(ITEM_OUTPUTS)
@@ -251,10 +295,11 @@ def _save(ctx: StudioContext, user: str, state, version: int, decision: str, sco
             {**state, "conflict": conflict}, f"{message}\n\n{header}",
             *(gr.skip() for _ in range(4 + 2 * len(PERSPECTIVES) + 1)),
             _history_table(ctx, tid),
-            gr.update(visible=True), _conflict_table(current, mine, decision, note),
+            gr.update(visible=True), _conflict_table(current, mine, decision, note), [],
         )  # fmt: skip
     done = f"{saved} `{tid}` as **{record.status}** (version {record.version})."
-    return _show(ctx, ctx.queue.next_item(user, flt, after=tid), done)
+    item = ctx.queue.next_item(user, flt, after=tid)
+    return _show(ctx, item, done, _upcoming(ctx, user, flt, item))
 
 
 def _decide(ctx: StudioContext, decision: str, state, s_f, s_p, s_q, t_f, t_p, t_q, note,

@@ -23,6 +23,7 @@ import gradio as gr
 from core.review_doubt import STATUS_FILTERS
 from core.rewards import PERSPECTIVES, TITLES
 from studio.context import StudioContext, bind
+from studio.media import prefetch_box
 from studio.notice import notice_box
 from studio.review_handlers import (
     ANNOTATION_COLUMNS,
@@ -132,6 +133,8 @@ def build_review_tab(ctx: StudioContext) -> dict[str, Any]:
 
     state = gr.State(None)
     notice = notice_box("review-notice")  # a refusal, shown as a toast
+    # the next item's images, loaded in the background
+    upcoming = prefetch_box("review-prefetch", ["review-original", "review-edited", "review-diff"])
     filters = [status, category, judge, perspective, lo, hi]
     item_outputs = [
         state,
@@ -146,6 +149,7 @@ def build_review_tab(ctx: StudioContext) -> dict[str, Any]:
         history,
         conflict_box,
         conflict_md,
+        upcoming,
     ]
     if len(item_outputs) != ITEM_OUTPUTS:  # the handlers' refusals skip exactly that many
         raise RuntimeError(f"the Review tab shows {len(item_outputs)} outputs per item; "

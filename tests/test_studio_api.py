@@ -12,8 +12,9 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from studio.app import create_context
-from studio.media import DifferenceImages, difference
+from studio.media import DifferenceImages, difference, file_url_tail
 from studio.rating import Evaluation
+from studio.review_handlers import PREFETCH_ITEMS
 from tests import studio_helpers as helpers
 from tests.studio_helpers import SYSTEM_A, SYSTEM_B, build_store, client, serve, tiny_model
 
@@ -36,7 +37,8 @@ def _refusal(out: tuple) -> str:
     """The message of a refused Review step: its last output (the notice, shown as a toast in
     the page); every other output comes back untouched (gr.skip())."""
     *rest, notice = out
-    assert notice and all(o == {"__type__": "update"} for o in rest), out
+    # (a gr.HTML's skip carries its own "__type__" among its props as well)
+    assert notice and all(o["__type__"] == "update" for o in rest), out
     return notice["message"]
 
 
@@ -54,6 +56,24 @@ def test_every_event_has_an_api_name(studio):
                  "/review_accept", "/review_reject", "/review_skip", "/review_forward",
                  "/review_back", "/review_export", "/rate_next", "/rate_submit", "/results"):  # fmt: skip
         assert name in names
+
+
+def test_review_steps_name_the_next_items_images_to_load_ahead(studio):
+    """A step that shows an item also names the images of the items after it (the output
+    before the notice), for the page to load in the background; the first three are those
+    of the item that *Next →* shows (issue 14, point 6)."""
+    store, ctx, url = studio
+    alice = client(url, "alice")
+    first = alice.predict(*FILTERS.values(), api_name="/review_next")
+    ahead = first[-2]
+    assert len(ahead) % 3 == 0 and 3 <= len(ahead) <= 3 * PREFETCH_ITEMS
+    nxt = alice.predict(*FILTERS.values(), api_name="/review_forward")
+    t = store.get_triplet(_header_id(nxt[0]))
+    original, edited = store.image_path(t["original"]), store.image_path(t["edited"])
+    diff = ctx.differences.path(original, edited)
+    assert ahead[:3] == [file_url_tail(p) for p in (original, edited, diff)]
+    for tid in (_header_id(first[0]), t["id"]):  # leave the queue as the other tests expect
+        store.release_lock(tid, "alice", force=True)
 
 
 def test_guidance_sliders_start_at_the_models_recorded_default(studio):
@@ -128,8 +148,10 @@ def test_review_locks_and_a_conflict_between_two_clients(studio):
     alice_try = alice.predict(*mine, "", *FILTERS.values(), api_name="/review_fix")
     assert "Not saved" in alice_try[0] and "bob" in alice_try[0]
     assert alice_try[-1] is None  # a conflict is no refusal: the notice stays empty
-    # The conflict view shows theirs and mine, side by side (the output before the notice).
-    theirs_and_mine = alice_try[-2]
+    # The conflict view shows theirs and mine, side by side (before the images to load ahead,
+    # none here, and the notice).
+    theirs_and_mine, ahead = alice_try[-3:-1]
+    assert ahead == []
     assert f"Theirs: version {version + 1}, bob" in theirs_and_mine
     assert "**1** · nothing changed" in theirs_and_mine and "**2** · blurry" in theirs_and_mine
     label = store.get_label(tid)

@@ -268,3 +268,37 @@ def test_three_users_step_through_the_queue_each_click_shows_a_new_item(browser,
     assert result["store"].review_counts()["accepted"] >= 2 * len(USERS)  # warm-up + round
     summary = summarise(timings)
     assert summary["save"]["p95_vs_fetch"] > 0 and "meets_goal" in summary["next"]
+
+
+IMAGE_REQUESTS = """() => performance.getEntriesByType("resource").map((e) => e.name)
+  .filter((name) => name.includes("/gradio_api/file="))"""
+SHOWN_SOURCES = """() => ["review-original", "review-edited", "review-diff"]
+  .map((id) => document.querySelector(`#${id} img`)).map((img) => img && img.complete && img.src)"""
+
+
+def test_the_next_items_images_are_loaded_ahead(browser, tmp_path):
+    """While an item is on screen the page loads the next items' images in the background
+    (studio.media.prefetch_box), so *Next →* shows the next item's images without another
+    request for them (issue 14, point 6)."""
+    store = build_store(tmp_path / "s.db", n_train=6)
+    ctx = create_context(store, tiny_model(), login_required=True,
+                         evaluation=Evaluation(SYSTEM_A, SYSTEM_B))  # fmt: skip
+    with serve(ctx) as url:
+        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        page.set_default_timeout(TIMEOUT)
+        browser_login(page, url, "alice")
+        page.get_by_role("tab", name="Review").click()
+        page.locator("#review-load").click()
+        header = page.locator("#review-header")
+        header.get_by_text("doubt").wait_for()
+        first = header.locator("code").first.inner_text()
+        page.wait_for_function(f"() => ({IMAGE_REQUESTS})().length >= 6")  # 3 shown + ahead
+        loaded = page.evaluate(IMAGE_REQUESTS)
+        page.locator("#review-forward").click()
+        header.locator("code").filter(has_text=TRIPLET_ID).filter(has_not_text=first).wait_for()
+        page.wait_for_function(f"() => ({SHOWN_SOURCES})().every(Boolean)")
+        shown = page.evaluate(SHOWN_SOURCES)
+        assert all(src in loaded for src in shown), (shown, loaded)
+        again = page.evaluate(IMAGE_REQUESTS)[len(loaded) :]
+        assert not set(shown) & set(again), again  # no second request for them
+        page.close()

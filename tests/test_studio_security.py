@@ -63,7 +63,7 @@ def test_without_login_a_public_studio_refuses_review_and_rating(store):
             if api in ("/review_next", "/review_accept"):  # Review steps: a notice, not an error
                 *untouched, notice = anonymous.predict(*args, api_name=api)
                 assert "You must log in" in notice["message"]
-                assert all(o == {"__type__": "update"} for o in untouched)
+                assert all(o["__type__"] == "update" for o in untouched)
                 continue
             with pytest.raises(AppError, match="You must log in"):
                 anonymous.predict(*args, api_name=api)
@@ -121,7 +121,7 @@ def test_roles_are_enforced(store):
         rita = client(url, "rita")
         *untouched, notice = rita.predict(*FILTERS, api_name="/review_next")  # a Review step
         assert "role 'rater'" in notice["message"]
-        assert all(o == {"__type__": "update"} for o in untouched)  # no item shown
+        assert all(o["__type__"] == "update" for o in untouched)  # no item shown
         labels = [store.get_label(t) for t in triplet_ids(store)]
         assert not any(label and label.locked_by == "rita" for label in labels)  # none taken
         with pytest.raises(AppError, match="role 'rater'"):

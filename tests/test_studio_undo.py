@@ -68,7 +68,7 @@ def test_undo_recent_and_table_through_the_api(tmp_path):
         alice = client(url, "alice")
         *untouched, notice = alice.predict(api_name="/review_undo")  # refused: a notice
         assert "no decision to undo" in notice["message"]
-        assert all(o == {"__type__": "update"} for o in untouched)
+        assert all(o["__type__"] == "update" for o in untouched)
         item = alice.predict(*FILTERS, api_name="/review_next")
         tid = item[0].split("`")[1]
         loaded = store.get_label(tid)
