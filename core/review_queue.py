@@ -157,6 +157,22 @@ class ReviewQueue:
                         return item
         return None
 
+    def upcoming(self, user: str, flt: ReviewFilter, after: str | None, limit: int) -> list[str]:
+        """The ids of up to ``limit`` items that ``next_item`` may give ``user`` after ``after``
+        (the queue's order, the same checks), without taking any: for loading ahead."""
+        out: list[str] = []
+        with self._mutex:
+            self._doubt_order.refresh()
+            order = self._doubt_order.candidates(flt)
+            start = order.index(after) + 1 if after in order else 0
+            for offset in range(start, len(order), CHUNK):
+                for tid in self._eligible(flt, user, order[offset : offset + CHUNK]):
+                    if tid != after:
+                        out.append(tid)
+                    if len(out) == limit:
+                        return out
+        return out
+
     def previous_item(self, user: str, flt: ReviewFilter, before: str) -> ReviewItem | None:
         """The item just before ``before`` in the queue order that ``user`` may open."""
         with self._mutex:

@@ -20,7 +20,7 @@ import gradio as gr
 import pandas as pd
 
 from core.review_doubt import ReviewFilter
-from core.review_queue import CHUNK, ReviewItem
+from core.review_queue import ReviewItem
 from core.rewards import PERSPECTIVES, TITLES, Rewards
 from core.store import ConflictError, LabelRecord, LockedError
 from studio.auth import CAN_REVIEW
@@ -161,28 +161,15 @@ def _upcoming(
     so the step that shows one finds it ready. [] at the end of the queue."""
     if item is None:
         return []
-    queue = ctx.queue
-    # ReviewQueue has no public look-ahead (core/ is outside the studio's files): this reads
-    # its order and checks candidates as ``next_item`` does, without locking one.
-    with queue._mutex:
-        queue._doubt_order.refresh()
-        order = queue._doubt_order.candidates(flt)
-    try:
-        start = order.index(item.triplet_id) + 1
-    except ValueError:
-        start = 0
     files: list[str] = []
-    for offset in range(start, len(order), CHUNK):
-        for tid in queue._eligible(flt, user, order[offset : offset + CHUNK]):
-            t = ctx.store.get_triplet(tid)
-            if tid == item.triplet_id or not t["edited"]:
-                continue
-            original = ctx.store.image_path(t["original"])
-            edited = ctx.store.image_path(t["edited"])
-            diff = ctx.differences.path(original, edited)
-            files += [file_url_tail(p) for p in (original, edited, diff)]
-            if len(files) == 3 * PREFETCH_ITEMS:
-                return files
+    for tid in ctx.queue.upcoming(user, flt, item.triplet_id, PREFETCH_ITEMS):
+        t = ctx.store.get_triplet(tid)
+        if not t["edited"]:
+            continue
+        original = ctx.store.image_path(t["original"])
+        edited = ctx.store.image_path(t["edited"])
+        diff = ctx.differences.path(original, edited)
+        files += [file_url_tail(p) for p in (original, edited, diff)]
     return files
 
 
